@@ -1,0 +1,211 @@
+//! `api::wire`: every message that crosses the Unix socket. The only definition of the
+//! protocol, shared by the server and `chainctl`. Versioned by the `/v1` path prefix: within v1,
+//! fields are only added (clients ignore unknown fields), never renamed or removed.
+
+use serde::{Deserialize, Serialize};
+
+pub const API_PREFIX: &str = "/v1";
+
+/// Stable error codes. Clients branch on `code`, humans read `message`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The request is malformed (bad JSON, bad query parameter).
+    BadRequest,
+    /// The caller may not perform this mutating call (SO_PEERCRED check).
+    Forbidden,
+    /// No such endpoint.
+    NotFound,
+    MethodNotAllowed,
+    /// No unit of that name is loaded.
+    UnitNotFound,
+    /// The unit's file has errors and there is no earlier good version to act on.
+    UnitInvalid,
+    /// Unit files failed validation during `apply` (the good ones were still applied).
+    InvalidUnits,
+    /// A reload or start did not complete: an instance failed.
+    OperationFailed,
+    /// The daemon is shutting down.
+    ShuttingDown,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn http_status(self) -> u16 {
+        match self {
+            Self::BadRequest => 400,
+            Self::Forbidden => 403,
+            Self::NotFound | Self::UnitNotFound => 404,
+            Self::MethodNotAllowed => 405,
+            Self::UnitInvalid | Self::InvalidUnits => 422,
+            Self::OperationFailed => 409,
+            Self::ShuttingDown => 503,
+            Self::Internal => 500,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ApiError,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VersionInfo {
+    pub version: String,
+    pub pid: u32,
+    pub root: String,
+    pub units_dir: String,
+    #[serde(default)]
+    pub profile: Option<String>,
+}
+
+/// One row of `chainctl ls`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceInfo {
+    pub unit: String,
+    pub instance: u32,
+    pub generation: u64,
+    /// pending | starting | running | unhealthy | backoff | stopping | exited | failed
+    pub state: String,
+    /// Extra words about the state: the failure reason, the backoff delay, the exit status.
+    #[serde(default)]
+    pub detail: Option<String>,
+    pub ready: bool,
+    pub pid: Option<i32>,
+    pub port: Option<u16>,
+    pub uptime_secs: Option<u64>,
+    pub restarts: u32,
+    pub cpu_percent: Option<f32>,
+    pub rss_bytes: Option<u64>,
+    pub revision: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventInfo {
+    pub seq: u64,
+    /// RFC 3339, UTC, milliseconds.
+    pub time: String,
+    pub unit: String,
+    #[serde(default)]
+    pub instance: Option<u32>,
+    pub kind: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UnitSummary {
+    pub name: String,
+    /// active | stopped | removed | invalid (never loaded successfully)
+    pub state: String,
+    pub file: String,
+    pub revision: Option<String>,
+    pub instances_desired: u32,
+    pub instances_ready: u32,
+    /// Problems in the unit file right now (the last good version keeps running).
+    #[serde(default)]
+    pub errors: Vec<String>,
+    #[serde(default)]
+    pub waiting: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UnitStatus {
+    #[serde(flatten)]
+    pub summary: UnitSummary,
+    pub description: String,
+    pub command: Option<String>,
+    pub restart_policy: Option<String>,
+    pub health: Option<String>,
+    pub port: Option<String>,
+    pub depends_on: Vec<String>,
+    pub profile: Option<String>,
+    pub instances: Vec<InstanceInfo>,
+    /// The last 20 events of this unit, oldest first.
+    pub events: Vec<EventInfo>,
+    /// The newest failure: a file error, a failed instance or the last abnormal exit.
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ApplyRequest {
+    /// Switch the active env profile (`""` clears it); absent keeps the current one.
+    #[serde(default)]
+    pub profile: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ApplyResult {
+    pub added: Vec<String>,
+    pub updated: Vec<String>,
+    pub removed: Vec<String>,
+    pub unchanged: Vec<String>,
+    /// Units whose files have problems, with every problem (file:line:column: message).
+    pub invalid: Vec<UnitErrors>,
+    pub profile: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UnitErrors {
+    pub unit: String,
+    pub errors: Vec<String>,
+}
+
+/// start | stop | restart | reload
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnitAction {
+    Start,
+    Stop,
+    Restart,
+    Reload,
+}
+
+impl UnitAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Start => "start",
+            Self::Stop => "stop",
+            Self::Restart => "restart",
+            Self::Reload => "reload",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "start" => Self::Start,
+            "stop" => Self::Stop,
+            "restart" => Self::Restart,
+            "reload" => Self::Reload,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActionResult {
+    pub unit: String,
+    pub action: UnitAction,
+    /// The deployment the unit is now at (restart and reload create a new one).
+    pub deployment: u64,
+    /// True when the call waited until the action completed.
+    pub completed: bool,
+    pub instances: Vec<InstanceInfo>,
+}
+
+/// One line of `logs` output (NDJSON when streamed).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogLine {
+    pub time: String,
+    pub unit: String,
+    pub instance: String,
+    /// out | err | sys
+    pub stream: String,
+    pub text: String,
+}

@@ -1,0 +1,73 @@
+//! chaind: the chain daemon. Parses flags, sets up logging, runs `Daemon::run` until SIGTERM or
+//! SIGINT.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use chain::daemon::{Config, Daemon};
+use clap::Parser;
+
+/// Supervises processes from TOML unit files; controlled by chainctl over a Unix socket.
+#[derive(Parser, Debug)]
+#[command(name = "chaind", version, about)]
+struct Args {
+    /// State directory: store, logs, FIFOs and the socket DIR/chaind.sock.
+    /// Default: /var/lib/chain as root, else $XDG_STATE_HOME/chain or ~/.local/state/chain.
+    #[arg(long, value_name = "DIR", env = "CHAIN_ROOT")]
+    root: Option<PathBuf>,
+    /// Units directory. Default: DIR/units with --root, else /etc/chain/units as root, else ./units.
+    #[arg(long, value_name = "PATH")]
+    units: Option<PathBuf>,
+    /// Ports handed to instances with `port = "auto"`.
+    #[arg(long, value_name = "START-END", default_value = "20000-29999", value_parser = parse_range)]
+    port_range: (u16, u16),
+    /// Env profile applied to units that define it, until `chainctl apply --profile` changes it.
+    #[arg(long, value_name = "NAME")]
+    profile: Option<String>,
+    /// On SIGTERM, leave workloads running for the next chaind to re-adopt.
+    #[arg(long)]
+    leave_running: bool,
+    /// Log filter (tracing EnvFilter syntax), e.g. `info`, `chain=debug`.
+    #[arg(long, env = "CHAIN_LOG", default_value = "info")]
+    log: String,
+}
+
+fn parse_range(s: &str) -> Result<(u16, u16), String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or("expected START-END, e.g. 20000-29999")?;
+    let a: u16 = a.trim().parse().map_err(|_| format!("bad port {a:?}"))?;
+    let b: u16 = b.trim().parse().map_err(|_| format!("bad port {b:?}"))?;
+    if a == 0 || a > b {
+        return Err(format!("bad range {s}: need 1 <= START <= END"));
+    }
+    Ok((a, b))
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("--log")?)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let root_given = args.root.is_some();
+    let root = args.root.unwrap_or_else(chain::paths::default_root);
+    let units_dir = args
+        .units
+        .unwrap_or_else(|| chain::paths::default_units_dir(root_given, &root));
+    let cfg = Config {
+        root,
+        units_dir,
+        port_range: args.port_range,
+        profile: args.profile,
+        leave_running: args.leave_running,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(8)
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    rt.block_on(Daemon::run(cfg, chain::daemon::signals()))
+}

@@ -1,0 +1,438 @@
+//! chainctl: the command line over [`crate::api::client`]. It uses only the client and the wire
+//! types. Every command takes `--json` (machine output: the API's JSON, NDJSON for streams);
+//! human output is aligned tables. Exit code 0 on success, 1 on failure, 2 on usage errors
+//! (clap), 3 when no daemon answers.
+
+mod table;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::api::client::{Client, Error};
+use crate::api::wire::*;
+use table::Table;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "chainctl",
+    version,
+    about = "Drive chaind over its Unix socket"
+)]
+pub struct Args {
+    /// Socket of the daemon. Default: $CHAIN_SOCKET, else the default root's chaind.sock.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Machine-readable output (JSON; NDJSON for streams).
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Re-read the units directory now and apply it.
+    Apply {
+        /// Switch the active env profile ("" clears it).
+        #[arg(long)]
+        profile: Option<String>,
+    },
+    /// List instances: unit, instance, state, pid, port, uptime, restarts, cpu, memory.
+    Ls,
+    /// A unit's spec summary, instances, last 20 events and last error.
+    Status { unit: String },
+    /// Start a stopped unit (also restarts failed instances).
+    Start {
+        unit: String,
+        /// Return at once instead of waiting until every instance is ready.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Stop every instance of a unit (stays stopped until `start`).
+    Stop {
+        unit: String,
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Stop and start every instance at once.
+    Restart {
+        unit: String,
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Replace instances one at a time, each next one only after the new one is ready.
+    Reload {
+        unit: String,
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Show a unit's logs.
+    Logs {
+        unit: String,
+        /// Keep streaming new lines.
+        #[arg(short, long)]
+        follow: bool,
+        /// Lines of history.
+        #[arg(short = 'n', long, default_value_t = 50)]
+        lines: usize,
+        /// Only this instance.
+        #[arg(long)]
+        instance: Option<String>,
+    },
+    /// Show daemon events.
+    Events {
+        #[arg(short, long)]
+        follow: bool,
+        #[arg(short = 'n', long, default_value_t = 50)]
+        lines: usize,
+        /// Only this unit's events.
+        #[arg(long)]
+        unit: Option<String>,
+    },
+    /// Print a unit's resolved spec as JSON.
+    Inspect { unit: String },
+}
+
+/// Runs the command; returns the process exit code.
+pub async fn run(args: Args) -> i32 {
+    let client = Client::new(crate::paths::socket(args.socket.clone()));
+    match dispatch(&client, &args).await {
+        Ok(code) => code,
+        Err(e) => {
+            if args.json {
+                let err = match &e {
+                    Error::Api(api) => api.clone(),
+                    other => ApiError {
+                        code: ErrorCode::Internal,
+                        message: other.to_string(),
+                    },
+                };
+                println!(
+                    "{}",
+                    serde_json::to_string(&ErrorBody { error: err }).unwrap_or_default()
+                );
+            } else {
+                eprintln!("chainctl: {e}");
+            }
+            match e {
+                Error::Connect { .. } => 3,
+                _ => 1,
+            }
+        }
+    }
+}
+
+async fn dispatch(c: &Client, args: &Args) -> Result<i32, Error> {
+    let json = args.json;
+    match &args.cmd {
+        Cmd::Apply { profile } => {
+            let req = ApplyRequest {
+                profile: profile.clone(),
+            };
+            let r: ApplyResult = c.post("/v1/apply", Some(&req)).await?;
+            if json {
+                print_json(&r);
+            } else {
+                print_apply(&r);
+            }
+            Ok(if r.invalid.is_empty() { 0 } else { 1 })
+        }
+        Cmd::Ls => {
+            let rows: Vec<InstanceInfo> = c.get("/v1/instances").await?;
+            if json {
+                print_json(&rows);
+            } else {
+                print_instances(&rows, true);
+            }
+            Ok(0)
+        }
+        Cmd::Status { unit } => {
+            let s: UnitStatus = c.get(&format!("/v1/units/{}", enc(unit))).await?;
+            if json {
+                print_json(&s);
+            } else {
+                print_status(&s);
+            }
+            Ok(
+                if s.summary.errors.is_empty() && s.summary.state != "invalid" {
+                    0
+                } else {
+                    1
+                },
+            )
+        }
+        Cmd::Start { unit, no_wait } => action(c, unit, UnitAction::Start, !no_wait, json).await,
+        Cmd::Stop { unit, no_wait } => action(c, unit, UnitAction::Stop, !no_wait, json).await,
+        Cmd::Restart { unit, no_wait } => {
+            action(c, unit, UnitAction::Restart, !no_wait, json).await
+        }
+        Cmd::Reload { unit, no_wait } => action(c, unit, UnitAction::Reload, !no_wait, json).await,
+        Cmd::Logs {
+            unit,
+            follow,
+            lines,
+            instance,
+        } => {
+            let mut path = format!("/v1/units/{}/logs?lines={lines}&follow={follow}", enc(unit));
+            if let Some(i) = instance {
+                path.push_str(&format!("&instance={}", enc(i)));
+            }
+            let mut out = std::io::stdout().lock();
+            c.stream::<LogLine>(&path, |l| {
+                let r = if json {
+                    writeln!(out, "{}", serde_json::to_string(&l).unwrap_or_default())
+                } else {
+                    writeln!(
+                        out,
+                        "{} {}.{} {} {}",
+                        l.time, l.unit, l.instance, l.stream, l.text
+                    )
+                };
+                r.and_then(|_| out.flush()).is_ok()
+            })
+            .await?;
+            Ok(0)
+        }
+        Cmd::Events {
+            follow,
+            lines,
+            unit,
+        } => {
+            let mut path = format!("/v1/events?lines={lines}&follow={follow}");
+            if let Some(u) = unit {
+                path.push_str(&format!("&unit={}", enc(u)));
+            }
+            let mut out = std::io::stdout().lock();
+            c.stream::<EventInfo>(&path, |e| {
+                let r = if json {
+                    writeln!(out, "{}", serde_json::to_string(&e).unwrap_or_default())
+                } else {
+                    writeln!(out, "{}", event_line(&e))
+                };
+                r.and_then(|_| out.flush()).is_ok()
+            })
+            .await?;
+            Ok(0)
+        }
+        Cmd::Inspect { unit } => {
+            let v: serde_json::Value = c.get(&format!("/v1/units/{}/spec", enc(unit))).await?;
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            Ok(0)
+        }
+    }
+}
+
+async fn action(
+    c: &Client,
+    unit: &str,
+    action: UnitAction,
+    wait: bool,
+    json: bool,
+) -> Result<i32, Error> {
+    let path = format!("/v1/units/{}/{}?wait={wait}", enc(unit), action.as_str());
+    let r: ActionResult = c.post::<(), _>(&path, None).await?;
+    if json {
+        print_json(&r);
+    } else {
+        let verb = match (action, r.completed) {
+            (UnitAction::Start, true) => "started",
+            (UnitAction::Stop, true) => "stopped",
+            (UnitAction::Restart, true) => "restarted",
+            (UnitAction::Reload, true) => "reloaded",
+            (_, false) => "requested",
+        };
+        println!("{unit}: {} {verb}", action.as_str());
+        if !r.instances.is_empty() {
+            print_instances(&r.instances, false);
+        }
+    }
+    Ok(0)
+}
+
+fn print_json<T: serde::Serialize>(v: &T) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+fn print_apply(r: &ApplyResult) {
+    let list = |label: &str, v: &[String]| {
+        if !v.is_empty() {
+            println!("{label:<10}{}", v.join(", "));
+        }
+    };
+    list("added", &r.added);
+    list("updated", &r.updated);
+    list("removed", &r.removed);
+    list("unchanged", &r.unchanged);
+    if let Some(p) = &r.profile {
+        println!("{:<10}{p}", "profile");
+    }
+    for inv in &r.invalid {
+        let who = if inv.unit.is_empty() {
+            "units directory".to_string()
+        } else {
+            format!("unit {}", inv.unit)
+        };
+        eprintln!("invalid {who}:");
+        for e in &inv.errors {
+            for (i, line) in e.lines().enumerate() {
+                eprintln!("{}{line}", if i == 0 { "  " } else { "    " });
+            }
+        }
+    }
+}
+
+fn print_instances(rows: &[InstanceInfo], with_unit: bool) {
+    let mut t = Table::new(&[
+        "UNIT", "INST", "STATE", "PID", "PORT", "UPTIME", "RESTARTS", "CPU", "MEM", "REV",
+    ]);
+    if !with_unit {
+        t = Table::new(&[
+            "INST", "STATE", "PID", "PORT", "UPTIME", "RESTARTS", "CPU", "MEM", "REV",
+        ]);
+    }
+    for r in rows {
+        let state = match &r.detail {
+            Some(d) => format!("{} ({d})", r.state),
+            None => r.state.clone(),
+        };
+        let mut row = vec![
+            r.instance.to_string(),
+            state,
+            opt(r.pid),
+            opt(r.port),
+            r.uptime_secs
+                .map(human_duration)
+                .unwrap_or_else(|| "-".into()),
+            r.restarts.to_string(),
+            r.cpu_percent
+                .map(|c| format!("{c:.1}%"))
+                .unwrap_or_else(|| "-".into()),
+            r.rss_bytes.map(human_size).unwrap_or_else(|| "-".into()),
+            r.revision.clone(),
+        ];
+        if with_unit {
+            row.insert(0, r.unit.clone());
+        }
+        t.row(row);
+    }
+    print!("{}", t.render());
+}
+
+fn print_status(s: &UnitStatus) {
+    let u = &s.summary;
+    let rev = u
+        .revision
+        .as_deref()
+        .map(|r| r.get(..12).unwrap_or(r))
+        .unwrap_or("-");
+    println!(
+        "{}: {}  revision {rev}  {}/{} ready",
+        u.name, u.state, u.instances_ready, u.instances_desired
+    );
+    if !s.description.is_empty() {
+        println!("  {}", s.description);
+    }
+    let kv = |k: &str, v: Option<&str>| {
+        if let Some(v) = v {
+            println!("  {k:<10}{v}");
+        }
+    };
+    kv("file", Some(&u.file));
+    kv("command", s.command.as_deref());
+    kv("port", s.port.as_deref());
+    kv("restart", s.restart_policy.as_deref());
+    kv("health", s.health.as_deref());
+    kv("profile", s.profile.as_deref());
+    if !s.depends_on.is_empty() {
+        kv("depends", Some(&s.depends_on.join(", ")));
+    }
+    kv("waiting", u.waiting.as_deref());
+    if !u.errors.is_empty() {
+        println!("\nERRORS (the running version is kept)");
+        for e in &u.errors {
+            for line in e.lines() {
+                println!("  {line}");
+            }
+        }
+    }
+    println!("\nINSTANCES");
+    print_instances(&s.instances, false);
+    println!("\nEVENTS");
+    for e in &s.events {
+        println!("  {}", event_line(e));
+    }
+    if let Some(err) = &s.last_error {
+        println!("\nLAST ERROR\n  {err}");
+    }
+}
+
+fn event_line(e: &EventInfo) -> String {
+    let who = match e.instance {
+        Some(i) => format!("{}.{i}", e.unit),
+        None => e.unit.clone(),
+    };
+    format!("{} {who} {} {}", e.time, e.kind, e.message)
+}
+
+fn opt<T: ToString>(v: Option<T>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
+}
+
+fn human_duration(secs: u64) -> String {
+    let d = Duration::from_secs(secs);
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m{}s", secs / 60, secs % 60),
+        3600..86400 => format!("{}h{}m", secs / 3600, (secs % 3600) / 60),
+        _ => format!("{}d{}h", d.as_secs() / 86400, (secs % 86400) / 3600),
+    }
+}
+
+/// Sizes for humans: one decimal, binary units.
+fn human_size(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n}B")
+    } else {
+        format!("{v:.1}{}", UNITS[u])
+    }
+}
+
+/// Percent-encodes a path segment or query value.
+fn enc(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Durations print the two most significant units.
+    #[test]
+    fn durations() {
+        assert_eq!(human_duration(5), "5s");
+        assert_eq!(human_duration(192), "3m12s");
+        assert_eq!(human_duration(7322), "2h2m");
+        assert_eq!(human_duration(90000), "1d1h");
+        assert_eq!(enc("a b/c"), "a%20b%2Fc");
+        assert_eq!(human_size(3_973_120), "3.8MiB");
+        assert_eq!(human_size(512), "512B");
+    }
+}

@@ -1,0 +1,417 @@
+//! Wiring: builds the store, the supervisor, the API listener and the unit-file watcher, runs
+//! them as named tasks, and shuts them down in a fixed order: stop accepting API calls, stop
+//! (or leave) the workloads through the supervisor, flush the store, remove the socket.
+//!
+//! `Daemon::run(config, shutdown)` is the single entry point; tests pass their own shutdown
+//! future.
+
+use std::future::Future;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{bail, Context as _};
+use tokio::net::UnixListener;
+use tokio::sync::{broadcast, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::server::{self, Access, ControlPlane};
+use crate::api::wire::*;
+use crate::reconcile::snapshot::Snapshot;
+use crate::reconcile::supervisor::{Command, Config as SupConfig, Supervisor, SupervisorHandle};
+use crate::store::{EventRecord, Store};
+use crate::watch::{DirWatch, WatchOptions};
+
+/// Name of the group whose members may use the API besides root and the daemon's user.
+pub const GROUP: &str = "chain";
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub root: PathBuf,
+    pub units_dir: PathBuf,
+    pub port_range: (u16, u16),
+    pub profile: Option<String>,
+    /// On shutdown, leave workloads running (they are re-adopted by the next chaind).
+    pub leave_running: bool,
+}
+
+impl Config {
+    pub fn socket(&self) -> PathBuf {
+        self.root.join(crate::paths::SOCKET_NAME)
+    }
+}
+
+pub struct Daemon;
+
+impl Daemon {
+    pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        std::fs::create_dir_all(&cfg.root)
+            .with_context(|| format!("creating {}", cfg.root.display()))?;
+        if !cfg.units_dir.exists() {
+            std::fs::create_dir_all(&cfg.units_dir)
+                .with_context(|| format!("creating units directory {}", cfg.units_dir.display()))?;
+            tracing::info!(dir = %cfg.units_dir.display(), "created empty units directory");
+        }
+        let units_dir = cfg
+            .units_dir
+            .canonicalize()
+            .unwrap_or_else(|_| cfg.units_dir.clone());
+        let socket = cfg.socket();
+        refuse_second_daemon(&socket).await?;
+
+        let store = Store::open(&cfg.root.join("state")).with_context(|| {
+            format!(
+                "opening the store in {} (is another chaind using this root?)",
+                cfg.root.display()
+            )
+        })?;
+        let sup_cfg = SupConfig {
+            root: cfg.root.clone(),
+            units_dir: units_dir.clone(),
+            logs_dir: cfg.root.join("logs"),
+            run_dir: cfg.root.join("run"),
+            port_range: cfg.port_range,
+            cpus: chain_agent::host::cpu_count(),
+            profile: cfg.profile.clone(),
+        };
+        let (supervisor, handle) =
+            Supervisor::new(sup_cfg.clone(), store).context("starting the supervisor")?;
+
+        // Watch before the first load, so no change can fall between the load and the watch.
+        let watcher_handle = handle.clone();
+        let _units_watch = DirWatch::start(
+            WatchOptions { paths: vec![units_dir.clone()], recursive: false, ignore: vec![], debounce: Duration::from_millis(100) },
+            move |_| watcher_handle.units_changed(),
+        )
+        .map_err(|e| tracing::error!(dir = %units_dir.display(), error = %e, "cannot watch the units directory; use `chainctl apply`"))
+        .ok();
+        // Serve the API only once the supervisor has adopted what was running and loaded the
+        // unit files, so the first answer is never an empty, wrong picture.
+        let mut first = handle.snapshot.clone();
+        let sup_run = supervisor.run();
+        let group = chain_agent::host::group_id(GROUP);
+        let listener = bind_socket(&socket, group)?;
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(async move {
+            sup_run.await;
+            "supervisor"
+        });
+        if first.changed().await.is_err() {
+            bail!("the supervisor stopped during start-up");
+        }
+        let api_stop = CancellationToken::new();
+        let cp = Plane {
+            handle: handle.clone(),
+            info: Arc::new(VersionInfo {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                pid: std::process::id(),
+                root: cfg.root.display().to_string(),
+                units_dir: units_dir.display().to_string(),
+                profile: None,
+            }),
+            logs_dir: sup_cfg.logs_dir.clone(),
+            events: {
+                let (tx, _) = broadcast::channel(1024);
+                tx
+            },
+        };
+        cp.forward_events();
+        let access = Access {
+            daemon_uid: chain_agent::host::euid(),
+            group,
+        };
+        {
+            let stop = api_stop.clone();
+            let cp = cp.clone();
+            tasks.spawn(async move {
+                server::serve(listener, cp, access, stop).await;
+                "api"
+            });
+        }
+        tracing::info!(socket = %socket.display(), units = %units_dir.display(), "chaind ready");
+
+        tokio::pin!(shutdown);
+        let early = tokio::select! {
+            _ = &mut shutdown => None,
+            done = tasks.join_next() => Some(done),
+        };
+        if let Some(done) = early {
+            let name = match done {
+                Some(Ok(name)) => name,
+                Some(Err(e)) => {
+                    tracing::error!(error = %e, "a chaind task panicked");
+                    "unknown"
+                }
+                None => "none",
+            };
+            tracing::error!(
+                task = name,
+                "a chaind task ended unexpectedly; shutting down"
+            );
+        }
+
+        // 1. Stop accepting API calls.
+        api_stop.cancel();
+        // 2. Stop or leave the workloads.
+        let (done_tx, done_rx) = oneshot::channel();
+        if handle
+            .command(Command::Shutdown {
+                leave_running: cfg.leave_running,
+                done: done_tx,
+            })
+            .is_ok()
+        {
+            let _ = done_rx.await;
+        }
+        while let Some(r) = tasks.join_next().await {
+            match r {
+                Ok(name) => tracing::debug!(task = name, "task ended"),
+                Err(e) if e.is_cancelled() => {}
+                Err(e) => tracing::error!(error = %e, "task failed"),
+            }
+        }
+        // 3. The supervisor flushed the store on its way out; 4. the socket goes.
+        let _ = std::fs::remove_file(&socket);
+        tracing::info!("chaind stopped");
+        Ok(())
+    }
+}
+
+/// If a daemon already answers on the socket, starting a second one would steal it.
+async fn refuse_second_daemon(socket: &Path) -> anyhow::Result<()> {
+    if socket.exists() {
+        if tokio::net::UnixStream::connect(socket).await.is_ok() {
+            bail!(
+                "another chaind is already listening on {}",
+                socket.display()
+            );
+        }
+        std::fs::remove_file(socket)
+            .with_context(|| format!("removing stale socket {}", socket.display()))?;
+    }
+    Ok(())
+}
+
+/// Creates the socket with mode 0600, or 0660 owned by the `chain` group when it exists.
+fn bind_socket(path: &Path, group: Option<u32>) -> anyhow::Result<UnixListener> {
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    let mode = match group {
+        Some(gid) => {
+            std::os::unix::fs::chown(path, None, Some(gid))
+                .with_context(|| format!("giving {} to group {GROUP}", path.display()))?;
+            0o660
+        }
+        None => 0o600,
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("setting the mode of {}", path.display()))?;
+    Ok(listener)
+}
+
+/// The daemon's [`ControlPlane`]: reads from supervisor snapshots, commands to the supervisor.
+#[derive(Clone)]
+struct Plane {
+    handle: SupervisorHandle,
+    info: Arc<VersionInfo>,
+    logs_dir: PathBuf,
+    events: broadcast::Sender<EventInfo>,
+}
+
+impl Plane {
+    fn snap(&self) -> Arc<Snapshot> {
+        self.handle.snapshot.borrow().clone()
+    }
+
+    /// Re-publishes store events in wire form for API followers.
+    fn forward_events(&self) {
+        let mut rx = self.handle.events.subscribe();
+        let tx = self.events.clone();
+        tokio::spawn(async move {
+            loop {
+                match rx.recv().await {
+                    Ok(ev) => {
+                        let _ = tx.send(event_info(&ev));
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+    }
+
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, ApiError>>) -> Command,
+    ) -> Result<T, ApiError> {
+        let (tx, rx) = oneshot::channel();
+        self.handle.command(make(tx))?;
+        rx.await.map_err(|_| ApiError {
+            code: ErrorCode::ShuttingDown,
+            message: "chaind is shutting down".into(),
+        })?
+    }
+}
+
+impl ControlPlane for Plane {
+    fn version(&self) -> VersionInfo {
+        let mut v = (*self.info).clone();
+        v.profile = self.snap().profile.clone();
+        v
+    }
+
+    fn instances(&self) -> Vec<InstanceInfo> {
+        self.snap().instances()
+    }
+
+    fn units(&self) -> Vec<UnitSummary> {
+        self.snap()
+            .units
+            .values()
+            .map(|u| u.summary.clone())
+            .collect()
+    }
+
+    fn unit_status(&self, name: &str) -> Result<UnitStatus, ApiError> {
+        let snap = self.snap();
+        let u = snap
+            .units
+            .get(name)
+            .ok_or_else(|| server::unit_not_found(name))?;
+        let now = SystemTime::now();
+        let spec = u.spec.as_deref();
+        let events = self.events(20, Some(name))?;
+        Ok(UnitStatus {
+            summary: u.summary.clone(),
+            description: spec.map(|s| s.description.clone()).unwrap_or_default(),
+            command: spec.map(|s| {
+                std::iter::once(s.process.command.as_str())
+                    .chain(s.process.args.iter().map(String::as_str))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            }),
+            restart_policy: spec.map(|s| s.restart.policy.as_str().to_string()),
+            health: spec.and_then(|s| s.health.as_ref()).map(|h| {
+                let what = match &h.check {
+                    crate::unit::HealthCheck::Http { path } => format!("http {path}"),
+                    crate::unit::HealthCheck::Tcp => "tcp".to_string(),
+                    crate::unit::HealthCheck::Exec { command } => {
+                        format!("exec {}", command.join(" "))
+                    }
+                };
+                format!("{what} every {}", crate::unit::format_duration(h.interval))
+            }),
+            port: spec.map(|s| match s.port {
+                crate::unit::PortSpec::Auto => "auto".to_string(),
+                crate::unit::PortSpec::None => "none".to_string(),
+                crate::unit::PortSpec::Fixed { base } => base.to_string(),
+                crate::unit::PortSpec::Range { start, end } => format!("{start}-{end}"),
+            }),
+            depends_on: spec
+                .map(|s| {
+                    s.depends_on
+                        .iter()
+                        .map(|d| format!("{} ({})", d.unit, d.condition.as_str()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            profile: spec.and_then(|s| s.profile.clone()),
+            instances: u.instances.iter().map(|i| i.to_wire(now)).collect(),
+            events,
+            last_error: u.last_error.clone(),
+        })
+    }
+
+    fn unit_spec(&self, name: &str) -> Result<serde_json::Value, ApiError> {
+        let snap = self.snap();
+        let u = snap
+            .units
+            .get(name)
+            .ok_or_else(|| server::unit_not_found(name))?;
+        let spec = u.spec.as_ref().ok_or_else(|| ApiError {
+            code: ErrorCode::UnitInvalid,
+            message: format!(
+                "unit {name} has no valid definition: {}",
+                u.summary.errors.join("; ")
+            ),
+        })?;
+        serde_json::to_value(&**spec).map_err(|e| ApiError {
+            code: ErrorCode::Internal,
+            message: e.to_string(),
+        })
+    }
+
+    async fn apply(&self, req: ApplyRequest) -> Result<ApplyResult, ApiError> {
+        let profile = req.profile.map(|p| Some(p).filter(|p| !p.is_empty()));
+        self.ask(|reply| Command::Apply { profile, reply }).await
+    }
+
+    async fn unit_action(
+        &self,
+        name: &str,
+        action: UnitAction,
+        wait: bool,
+    ) -> Result<ActionResult, ApiError> {
+        let unit = name.to_string();
+        self.ask(|reply| Command::Unit {
+            unit,
+            action,
+            wait,
+            reply,
+        })
+        .await
+    }
+
+    fn events(&self, n: usize, unit: Option<&str>) -> Result<Vec<EventInfo>, ApiError> {
+        self.handle
+            .store
+            .recent_events(n, unit)
+            .map(|evs| evs.iter().map(event_info).collect())
+            .map_err(|e| ApiError {
+                code: ErrorCode::Internal,
+                message: format!("reading events: {e}"),
+            })
+    }
+
+    fn subscribe_events(&self) -> broadcast::Receiver<EventInfo> {
+        self.events.subscribe()
+    }
+
+    fn logs_dir(&self) -> PathBuf {
+        self.logs_dir.clone()
+    }
+
+    fn has_unit(&self, name: &str) -> bool {
+        self.snap().units.contains_key(name)
+    }
+}
+
+fn event_info(ev: &EventRecord) -> EventInfo {
+    EventInfo {
+        seq: ev.seq,
+        time: chain_agent::logs::format_timestamp(
+            SystemTime::UNIX_EPOCH + Duration::from_millis(ev.ts_ms),
+        ),
+        unit: ev.unit.clone(),
+        instance: ev.instance,
+        kind: ev.kind.clone(),
+        message: ev.message.clone(),
+    }
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+pub async fn signals() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop chaind with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}

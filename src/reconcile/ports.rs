@@ -1,0 +1,130 @@
+//! Port pool: hands each instance a port that is free on this host.
+//!
+//! Owned by the supervisor (single writer). A port stays taken while any instance holding it
+//! exists, including one that is draining or stopping, and a re-adopted instance keeps its
+//! recorded port. Before handing out a port the pool checks that nothing else on the host has
+//! bound it. The scan starts at a random offset so that daemons sharing a host rarely collide.
+
+use std::collections::BTreeSet;
+use std::net::TcpListener;
+
+use crate::unit::PortSpec;
+
+#[derive(Debug)]
+pub struct PortPool {
+    start: u16,
+    end: u16,
+    cursor: u16,
+    used: BTreeSet<u16>,
+}
+
+impl PortPool {
+    pub fn new(start: u16, end: u16, seed: u64) -> PortPool {
+        let (start, end) = if start <= end {
+            (start, end)
+        } else {
+            (end, start)
+        };
+        let span = u64::from(end - start) + 1;
+        PortPool {
+            start,
+            end,
+            cursor: start + (seed % span) as u16,
+            used: BTreeSet::new(),
+        }
+    }
+
+    pub fn range(&self) -> (u16, u16) {
+        (self.start, self.end)
+    }
+
+    /// Marks a port as taken (re-adopted instances).
+    pub fn reserve(&mut self, port: u16) {
+        self.used.insert(port);
+    }
+
+    pub fn release(&mut self, port: u16) {
+        self.used.remove(&port);
+    }
+
+    /// A port for instance `index` of a unit with this port spec; `Ok(None)` for `port = "none"`.
+    pub fn allocate(&mut self, spec: &PortSpec, index: u32) -> Result<Option<u16>, String> {
+        match *spec {
+            PortSpec::None => Ok(None),
+            PortSpec::Auto => {
+                let (start, end, cursor) = (self.start, self.end, self.cursor);
+                let port = self.scan(start, end, cursor)?;
+                self.cursor = if port >= end { start } else { port + 1 };
+                Ok(Some(port))
+            }
+            PortSpec::Range { start, end } => self.scan(start, end, start).map(Some),
+            PortSpec::Fixed { base } => {
+                let port = u32::from(base) + index;
+                let port = u16::try_from(port)
+                    .map_err(|_| format!("port {base} + instance {index} is beyond 65535"))?;
+                if self.used.contains(&port) {
+                    return Err(format!("port {port} is still held by another instance"));
+                }
+                if !bindable(port) {
+                    return Err(format!(
+                        "port {port} is in use by another process on this host"
+                    ));
+                }
+                self.used.insert(port);
+                Ok(Some(port))
+            }
+        }
+    }
+
+    fn scan(&mut self, start: u16, end: u16, from: u16) -> Result<u16, String> {
+        let from = from.clamp(start, end);
+        let candidates = (from..=end).chain(start..from);
+        for port in candidates {
+            if port != 0 && !self.used.contains(&port) && bindable(port) {
+                self.used.insert(port);
+                return Ok(port);
+            }
+        }
+        Err(format!("no free port in {start}-{end}"))
+    }
+}
+
+/// True when nothing on the host listens on the port (any address).
+fn bindable(port: u16) -> bool {
+    TcpListener::bind(("0.0.0.0", port)).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Auto ports are unique until released; a port bound by someone else is skipped.
+    #[test]
+    fn allocates_unique_free_ports() {
+        let busy = TcpListener::bind("0.0.0.0:0").unwrap();
+        let busy_port = busy.local_addr().unwrap().port();
+        let mut pool = PortPool::new(busy_port, busy_port.saturating_add(3), 0);
+        let a = pool.allocate(&PortSpec::Auto, 0).unwrap().unwrap();
+        let b = pool.allocate(&PortSpec::Auto, 1).unwrap().unwrap();
+        assert_ne!(a, b);
+        assert_ne!(a, busy_port);
+        assert_ne!(b, busy_port);
+        pool.release(a);
+        assert!(pool.allocate(&PortSpec::Auto, 2).is_ok());
+        assert_eq!(pool.allocate(&PortSpec::None, 0).unwrap(), None);
+    }
+
+    /// Fixed ports are base + index and refuse a port still held.
+    #[test]
+    fn fixed_ports() {
+        let l = TcpListener::bind("0.0.0.0:0").unwrap();
+        let base = l.local_addr().unwrap().port();
+        drop(l);
+        let mut pool = PortPool::new(20000, 20010, 0);
+        assert_eq!(
+            pool.allocate(&PortSpec::Fixed { base }, 0).unwrap(),
+            Some(base)
+        );
+        assert!(pool.allocate(&PortSpec::Fixed { base }, 0).is_err());
+    }
+}

@@ -1,0 +1,235 @@
+//! The resolved unit spec: what the supervisor runs.
+//!
+//! A [`UnitSpec`] is produced by [`super::resolve`] from a parsed [`super::UnitFile`]: env files are
+//! merged in, the active env profile is applied, `instances = "max"` becomes a number and relative
+//! paths become absolute. Its canonical JSON form is a contract: it is hashed into the unit's
+//! [`Revision`], stored in sled and shown by `chainctl inspect`. Add fields only with a
+//! `#[serde(default)]` so that older stored revisions still load.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// A fully resolved unit, ready to run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitSpec {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// Resolved instance count (`"max"` already replaced by the CPU count).
+    pub instances: u32,
+    pub port: PortSpec,
+    #[serde(default)]
+    pub depends_on: Vec<Dependency>,
+    pub process: ProcessConfig,
+    /// Merged environment: env files, then `[env]`, then the active profile's env.
+    /// `PORT`, `CHAIN_UNIT` and `CHAIN_INSTANCE` are added per instance by the supervisor.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// The env profile that was applied, when the unit defines the active profile.
+    #[serde(default)]
+    pub profile: Option<String>,
+    pub restart: RestartSpec,
+    #[serde(default)]
+    pub health: Option<HealthSpec>,
+    #[serde(default)]
+    pub watch: Option<WatchSpec>,
+    pub logs: LogSpec,
+}
+
+/// How an instance gets its `PORT`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "mode")]
+pub enum PortSpec {
+    /// A free port from the daemon's pool (default).
+    Auto,
+    /// No port: the instance is ready as soon as it runs (workers, queues).
+    None,
+    /// Instance `i` gets `base + i`.
+    Fixed { base: u16 },
+    /// A free port from this unit's own range (inclusive).
+    Range { start: u16, end: u16 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dependency {
+    pub unit: String,
+    pub condition: DependencyCondition,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DependencyCondition {
+    /// Every instance of the dependency has been spawned.
+    Started,
+    /// Every instance of the dependency is ready (healthy, or its port accepts).
+    Healthy,
+    /// The dependency ran to completion with exit code 0 (one-shot units such as migrations).
+    Completed,
+}
+
+impl DependencyCondition {
+    pub const ALL: [&'static str; 3] = ["started", "healthy", "completed"];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Started => "started",
+            Self::Healthy => "healthy",
+            Self::Completed => "completed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessConfig {
+    /// Program to run: an absolute path, a path relative to the unit file's directory
+    /// (when it contains a `/`), or a bare name looked up in `PATH`.
+    pub command: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Absolute working directory (default: the unit file's directory).
+    pub cwd: PathBuf,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Signal name sent to the process group to stop an instance, e.g. `"SIGTERM"`.
+    pub stop_signal: String,
+    /// Time between the stop signal and SIGKILL.
+    #[serde(with = "duration_str")]
+    pub kill_timeout: Duration,
+    /// RSS limit of the whole process tree in bytes; exceeded → restart.
+    #[serde(default)]
+    pub max_memory: Option<u64>,
+    /// Without a health check, how long the instance may take to accept on its port.
+    #[serde(with = "duration_str")]
+    pub listen_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartSpec {
+    pub policy: RestartPolicy,
+    /// First backoff delay; doubles on every consecutive crash.
+    #[serde(with = "duration_str")]
+    pub delay: Duration,
+    /// Backoff cap.
+    #[serde(with = "duration_str")]
+    pub max_delay: Duration,
+    /// An instance that ran at least this long counts as stable: its backoff resets.
+    #[serde(with = "duration_str")]
+    pub min_uptime: Duration,
+    /// More than this many restarts within `window` → the instance is `failed` (crash loop).
+    pub max_restarts: u32,
+    #[serde(with = "duration_str")]
+    pub window: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    Always,
+    OnFailure,
+    Never,
+}
+
+impl RestartPolicy {
+    pub const ALL: [&'static str; 3] = ["always", "on-failure", "never"];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Always => "always",
+            Self::OnFailure => "on-failure",
+            Self::Never => "never",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthSpec {
+    pub check: HealthCheck,
+    #[serde(with = "duration_str")]
+    pub interval: Duration,
+    #[serde(with = "duration_str")]
+    pub timeout: Duration,
+    /// Consecutive failures before a ready instance is taken out of rotation (unready).
+    pub retries: u32,
+    /// Failures during this period after start do not count.
+    #[serde(with = "duration_str")]
+    pub start_period: Duration,
+    /// Probe interval used until the instance is first ready, so that readiness is seen quickly.
+    #[serde(with = "duration_str", default = "default_start_interval")]
+    pub start_interval: Duration,
+    /// Consecutive failures before the instance is restarted; 0 = never restart on health.
+    pub restart_after: u32,
+}
+
+fn default_start_interval() -> Duration {
+    crate::unit::defaults::HEALTH_START_INTERVAL
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "type")]
+pub enum HealthCheck {
+    /// GET `path` on the instance's port; 2xx and 3xx are healthy.
+    Http { path: String },
+    /// TCP connect to the instance's port.
+    Tcp,
+    /// Run a command (with the instance's environment); exit code 0 is healthy.
+    Exec { command: Vec<String> },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchSpec {
+    /// Absolute paths watched recursively.
+    pub paths: Vec<PathBuf>,
+    /// Glob patterns (relative to each watched path) whose changes are ignored.
+    #[serde(default)]
+    pub ignore: Vec<String>,
+    #[serde(with = "duration_str")]
+    pub debounce: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogSpec {
+    /// Rotate the unit's log file when it reaches this many bytes.
+    pub max_size: u64,
+    /// Rotated files kept besides the live one.
+    pub max_files: u32,
+}
+
+/// Content hash of a resolved spec (SHA-256 of its canonical JSON, hex).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Revision(pub String);
+
+impl Revision {
+    /// The 12-hex-digit prefix shown to humans.
+    pub fn short(&self) -> &str {
+        self.0.get(..12).unwrap_or(&self.0)
+    }
+}
+
+impl fmt::Display for Revision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.short())
+    }
+}
+
+/// Durations as strings (`"250ms"`, `"5s"`, `"1m30s"`) in every serialized form.
+pub mod duration_str {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&crate::unit::format_duration(*d))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        crate::unit::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+}

@@ -1,0 +1,102 @@
+//! Restart policy against real processes: backoff, crash loops, and the policy table.
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+fn backoff_delays_ms(d: &TestDaemon, unit: &str) -> Vec<u64> {
+    d.events(unit)
+        .iter()
+        .filter(|e| e.kind == "backoff")
+        .filter_map(|e| {
+            let t = e.message.rsplit("restarting in ").next()?;
+            crate_duration_ms(t)
+        })
+        .collect()
+}
+
+fn crate_duration_ms(s: &str) -> Option<u64> {
+    chain::unit::parse_duration(s.trim())
+        .ok()
+        .map(|d| d.as_millis() as u64)
+}
+
+/// A crashing instance comes back, each time after a longer backoff.
+#[test]
+fn crash_restarts_with_growing_backoff() {
+    let unit = demo_unit(
+        1,
+        "v1",
+        "CRASH_AFTER_MS = \"100\"\n[restart]\ndelay = \"100ms\"\nmax_restarts = 50\n",
+    );
+    let d = TestDaemon::start(&[("crashy", &unit)]);
+    eventually(Duration::from_secs(30), "3 restarts", || {
+        let i = d.instances("crashy");
+        (i.len() == 1 && i[0].restarts >= 3).then_some(())
+    });
+    let delays = backoff_delays_ms(&d, "crashy");
+    assert!(delays.len() >= 3, "backoff events: {delays:?}");
+    // 100 ms doubling with ±10 % jitter.
+    for (i, w) in delays.windows(2).take(3).enumerate() {
+        assert!(w[1] > w[0], "delay {i} did not grow: {delays:?}");
+    }
+    assert!((90..=110).contains(&delays[0]), "first delay {delays:?}");
+}
+
+/// More than max_restarts within the window: the instance is `failed` with the reason, stays
+/// down, and `chainctl start` brings it back.
+#[test]
+fn crash_loop_ends_in_failed_until_start() {
+    let unit = demo_unit(
+        1,
+        "v1",
+        "CRASH_AFTER_MS = \"50\"\nEXIT_CODE = \"7\"\n[restart]\ndelay = \"20ms\"\nmax_restarts = 3\nwindow = \"1m\"\n",
+    );
+    let d = TestDaemon::start(&[("loop", &unit)]);
+    let inst = eventually(Duration::from_secs(30), "failed state", || {
+        d.instances("loop")
+            .into_iter()
+            .find(|i| i.state == "failed")
+    });
+    let detail = inst.detail.unwrap_or_default();
+    assert!(
+        detail.contains("crash loop") && detail.contains("exit code 7"),
+        "detail: {detail}"
+    );
+    assert_eq!(inst.pid, None);
+    let status = d.status("loop");
+    assert!(status.last_error.unwrap_or_default().contains("crash loop"));
+    assert!(d.events("loop").iter().any(|e| e.kind == "failed"));
+
+    d.ctl_ok(&["start", "loop", "--no-wait"]);
+    eventually(Duration::from_secs(10), "instance leaves failed", || {
+        d.instances("loop")
+            .iter()
+            .any(|i| i.state != "failed")
+            .then_some(())
+    });
+}
+
+/// `on-failure` leaves a clean exit alone; `never` leaves a failure alone.
+#[test]
+fn policy_on_failure_and_never() {
+    let clean = demo_unit(
+        1,
+        "v1",
+        "CRASH_AFTER_MS = \"100\"\nEXIT_CODE = \"0\"\n[restart]\npolicy = \"on-failure\"\n",
+    );
+    let never = demo_unit(
+        1,
+        "v1",
+        "CRASH_AFTER_MS = \"100\"\nEXIT_CODE = \"3\"\n[restart]\npolicy = \"never\"\n",
+    );
+    let d = TestDaemon::start(&[("clean", &clean), ("never", &never)]);
+    for (unit, want) in [("clean", "exit code 0"), ("never", "exit code 3")] {
+        let i = eventually(Duration::from_secs(15), &format!("{unit} exited"), || {
+            d.instances(unit).into_iter().find(|i| i.state == "exited")
+        });
+        assert_eq!(i.detail.as_deref(), Some(want));
+        assert_eq!(i.restarts, 0);
+    }
+}

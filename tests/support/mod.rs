@@ -1,0 +1,362 @@
+//! Shared helpers for integration tests: a real `chaind` process in a temp dir, `chainctl`
+//! invocations, condition waits with deadlines, a tiny HTTP client, and cleanup that leaves no
+//! process behind.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use chain::api::wire::{EventInfo, InstanceInfo, UnitStatus};
+
+pub const CHAIND: &str = env!("CARGO_BIN_EXE_chaind");
+pub const CHAINCTL: &str = env!("CARGO_BIN_EXE_chainctl");
+
+/// An example program built by `cargo test` (examples/NAME.rs).
+pub fn example(name: &str) -> PathBuf {
+    let p = Path::new(CHAIND)
+        .parent()
+        .expect("target dir")
+        .join("examples")
+        .join(name);
+    assert!(
+        p.exists(),
+        "{} missing: run the tests with `cargo test`, which builds the examples",
+        p.display()
+    );
+    p
+}
+
+/// Polls `f` every 20 ms until it returns Some or the deadline passes; panics with `what`.
+pub fn eventually<T>(within: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > end {
+            panic!("timed out after {within:?} waiting for: {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A port window for one daemon, so parallel tests rarely meet in the same ports.
+fn port_window() -> (u16, u16) {
+    let seed = std::process::id().wrapping_mul(7919)
+        ^ COUNTER.fetch_add(1, Ordering::Relaxed).wrapping_mul(104729)
+        ^ (std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos());
+    let start = 20000 + (seed % 49) as u16 * 200;
+    (start, start + 199)
+}
+
+pub struct TestDaemon {
+    pub dir: tempfile::TempDir,
+    pub root: PathBuf,
+    pub units: PathBuf,
+    pub socket: PathBuf,
+    child: Option<Child>,
+    extra_args: Vec<String>,
+    ports: (u16, u16),
+}
+
+impl TestDaemon {
+    /// Starts chaind with these unit files (name, TOML) and waits until its API answers.
+    pub fn start(units: &[(&str, &str)]) -> TestDaemon {
+        Self::start_with(units, &[])
+    }
+
+    pub fn start_with(units: &[(&str, &str)], args: &[&str]) -> TestDaemon {
+        let dir = tempfile::Builder::new()
+            .prefix("chain-test-")
+            .tempdir()
+            .expect("tempdir");
+        let root = dir.path().join("root");
+        let units_dir = dir.path().join("units");
+        std::fs::create_dir_all(&units_dir).unwrap();
+        for (name, text) in units {
+            std::fs::write(units_dir.join(format!("{name}.toml")), text).unwrap();
+        }
+        let mut d = TestDaemon {
+            socket: root.join("chaind.sock"),
+            root,
+            units: units_dir,
+            dir,
+            child: None,
+            extra_args: args.iter().map(|s| s.to_string()).collect(),
+            ports: port_window(),
+        };
+        d.spawn();
+        d
+    }
+
+    /// Starts (or starts again) the chaind process on the same root.
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none(), "chaind already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("chaind.log"))
+            .unwrap();
+        let child = Command::new(CHAIND)
+            .arg("--root")
+            .arg(&self.root)
+            .arg("--units")
+            .arg(&self.units)
+            .arg("--port-range")
+            .arg(format!("{}-{}", self.ports.0, self.ports.1))
+            .args(&self.extra_args)
+            .env("CHAIN_LOG", "info,chain=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn chaind");
+        self.child = Some(child);
+        eventually(Duration::from_secs(20), "chaind API to answer", || {
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    panic!("chaind exited early with {status}\n{}", self.daemon_log());
+                }
+            }
+            self.ctl(&["ls"]).status.success().then_some(())
+        });
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// SIGKILL chaind (workloads keep running) and reap it.
+    pub fn kill9(&mut self) {
+        let mut c = self.child.take().expect("running");
+        c.kill().ok();
+        c.wait().ok();
+    }
+
+    /// SIGTERM chaind and wait for it to exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        signal(c.id() as i32, libc::SIGTERM);
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(s)) = c.try_wait() {
+                return s;
+            }
+            if Instant::now() > end {
+                c.kill().ok();
+                panic!(
+                    "chaind did not exit within 30s of SIGTERM\n{}",
+                    self.daemon_log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn daemon_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("chaind.log")).unwrap_or_default()
+    }
+
+    pub fn write_unit(&self, name: &str, text: &str) {
+        // Write then rename, as editors do, so the watcher never sees half a file.
+        let tmp = self.units.join(format!(".{name}.toml.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, self.units.join(format!("{name}.toml"))).unwrap();
+    }
+
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        Command::new(CHAINCTL)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("run chainctl")
+    }
+
+    /// Runs chainctl and panics with its output unless it succeeds.
+    pub fn ctl_ok(&self, args: &[&str]) -> String {
+        let out = self.ctl(args);
+        assert!(
+            out.status.success(),
+            "chainctl {args:?} failed: {}\nstdout: {}\nstderr: {}\n--- chaind log ---\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            tail(&self.daemon_log(), 60)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn ls(&self) -> Vec<InstanceInfo> {
+        serde_json::from_str(&self.ctl_ok(&["ls", "--json"])).expect("ls --json is a JSON array")
+    }
+
+    pub fn instances(&self, unit: &str) -> Vec<InstanceInfo> {
+        self.ls().into_iter().filter(|i| i.unit == unit).collect()
+    }
+
+    pub fn status(&self, unit: &str) -> UnitStatus {
+        serde_json::from_str(&self.ctl_ok(&["status", unit, "--json"])).expect("status --json")
+    }
+
+    pub fn events(&self, unit: &str) -> Vec<EventInfo> {
+        let out = self.ctl_ok(&["events", "--unit", unit, "-n", "1000", "--json"]);
+        out.lines()
+            .map(|l| serde_json::from_str(l).expect("event line"))
+            .collect()
+    }
+
+    /// Waits until `unit` has exactly `n` instances, all running (ready).
+    pub fn wait_running(&self, unit: &str, n: usize) -> Vec<InstanceInfo> {
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            let v = self.instances(unit);
+            if v.len() == n && v.iter().all(|i| i.state == "running" && i.pid.is_some()) {
+                return v;
+            }
+            if Instant::now() > end {
+                let s = self.status_any(unit);
+                panic!(
+                    "timed out waiting for {n} running instances of {unit}: {v:#?}\nerrors: {:#?}\nwaiting: {:?}\nevents: {:#?}",
+                    s.summary.errors, s.summary.waiting, s.events
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            signal(c.id() as i32, libc::SIGTERM);
+            let end = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < end {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            c.kill().ok();
+            c.wait().ok();
+        }
+        // Safety net: no process that still holds a file under this test's directory survives.
+        kill_holders(self.dir.path());
+        if std::thread::panicking() {
+            eprintln!(
+                "--- chaind log ({}) ---\n{}",
+                self.dir.path().display(),
+                tail(&self.daemon_log(), 200)
+            );
+        }
+    }
+}
+
+/// SIGKILLs every process with an open file, cwd or FIFO under `dir`.
+pub fn kill_holders(dir: &Path) {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    let me = std::process::id() as i32;
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let holds = std::fs::read_dir(p.path().join("fd"))
+            .map(|fds| {
+                fds.flatten()
+                    .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.starts_with(dir)))
+            })
+            .unwrap_or(false)
+            || std::fs::read_link(p.path().join("cwd")).is_ok_and(|l| l.starts_with(dir));
+        if holds {
+            signal(pid, libc::SIGKILL);
+        }
+    }
+}
+
+pub fn signal(pid: i32, sig: i32) {
+    // SAFETY: kill(2) with a pid we observed; a stale pid gives ESRCH, which is ignored.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(pid, sig);
+    }
+}
+
+pub fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
+                .unwrap_or(false)
+        })
+        .unwrap_or(false)
+}
+
+pub fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// A minimal HTTP/1.1 GET on 127.0.0.1:port: (status, body). Errors are returned, not panicked.
+pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    let status = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad response: {buf:?}")))?;
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// A unit running the demo app.
+pub fn demo_unit(instances: u32, version: &str, extra: &str) -> String {
+    format!(
+        r#"instances = {instances}
+[process]
+command = "{demo}"
+kill_timeout = "5s"
+[env]
+VERSION = "{version}"
+{extra}
+"#,
+        demo = example("demo").display()
+    )
+}
+
+impl TestDaemon {
+    /// Status whatever the unit's state (chainctl exits non-zero for broken units).
+    pub fn status_any(&self, unit: &str) -> UnitStatus {
+        let out = self.ctl(&["status", unit, "--json"]);
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "status --json: {e}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    }
+}
