@@ -20,6 +20,7 @@
 //! - `GET /sleep?ms=N` → waits N ms, then 200 `{VERSION}\n`
 //! - `GET /exit?code=N` → 200, then exits with code N once the response is flushed
 //! - `GET /pid` → 200 `{pid}\n`
+//! - `GET /sleeping` → 200 `{n}\n`, the number of `/sleep` requests in progress
 //! - `GET /env?name=X` → 200 `{value}\n`, or 404 if X is unset (no %-decoding)
 //! - `POST /echo` → 200 with the request body (at most 16 MiB, else 413)
 //! - anything else → 404
@@ -144,6 +145,9 @@ fn query_param<'a>(query: Option<&'a str>, key: &str) -> Option<&'a str> {
         .find_map(|(k, v)| (k == key).then_some(v))
 }
 
+/// `/sleep` requests in progress (`GET /sleeping`), so tests can wait for slow requests.
+static SLEEPING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// Handles one request. `exit` is set by `/exit`; the connection task exits
 /// the process once the response has been flushed.
 async fn handle(
@@ -162,7 +166,9 @@ async fn handle(
         },
         (&Method::GET, "/sleep") => match query_param(query, "ms").map(str::parse::<u64>) {
             Some(Ok(ms)) => {
+                SLEEPING.fetch_add(1, Ordering::Relaxed);
                 sleep(Duration::from_millis(ms)).await;
+                SLEEPING.fetch_sub(1, Ordering::Relaxed);
                 text(StatusCode::OK, version())
             }
             _ => text(StatusCode::BAD_REQUEST, "usage: /sleep?ms=N\n"),
@@ -178,6 +184,10 @@ async fn handle(
             _ => text(StatusCode::BAD_REQUEST, "usage: /exit?code=N (0-255)\n"),
         },
         (&Method::GET, "/pid") => text(StatusCode::OK, format!("{}\n", std::process::id())),
+        (&Method::GET, "/sleeping") => text(
+            StatusCode::OK,
+            format!("{}\n", SLEEPING.load(Ordering::Relaxed)),
+        ),
         (&Method::GET, "/env") => match query_param(query, "name").map(std::env::var) {
             Some(Ok(value)) => text(StatusCode::OK, format!("{value}\n")),
             Some(Err(_)) => text(StatusCode::NOT_FOUND, "not set\n"),

@@ -17,6 +17,7 @@ pub mod api;
 pub mod cli;
 pub mod daemon;
 pub mod paths;
+pub mod proxy;
 pub mod reconcile;
 pub mod store;
 pub mod unit;

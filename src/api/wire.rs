@@ -64,6 +64,9 @@ pub struct VersionInfo {
     pub units_dir: String,
     #[serde(default)]
     pub profile: Option<String>,
+    /// Address of the HTTP proxy listener, when there is one.
+    #[serde(default)]
+    pub http: Option<String>,
 }
 
 /// One row of `chainctl ls`.

@@ -24,6 +24,9 @@ struct Args {
     /// Env profile applied to units that define it, until `chainctl apply --profile` changes it.
     #[arg(long, value_name = "NAME")]
     profile: Option<String>,
+    /// Serve the proxy's plain-HTTP listener on this address (e.g. 0.0.0.0:80).
+    #[arg(long, value_name = "ADDR")]
+    http: Option<std::net::SocketAddr>,
     /// On SIGTERM, leave workloads running for the next chaind to re-adopt.
     #[arg(long)]
     leave_running: bool,
@@ -62,6 +65,7 @@ fn main() -> anyhow::Result<()> {
         port_range: args.port_range,
         profile: args.profile,
         leave_running: args.leave_running,
+        http: args.http,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

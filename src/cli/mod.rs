@@ -94,6 +94,8 @@ pub enum Cmd {
     },
     /// Print a unit's resolved spec as JSON.
     Inspect { unit: String },
+    /// Versions of chainctl and chaind, and where the daemon keeps things and listens.
+    Version,
 }
 
 /// Runs the command; returns the process exit code.
@@ -215,6 +217,24 @@ async fn dispatch(c: &Client, args: &Args) -> Result<i32, Error> {
                 r.and_then(|_| out.flush()).is_ok()
             })
             .await?;
+            Ok(0)
+        }
+        Cmd::Version => {
+            let v: VersionInfo = c.get("/v1/version").await?;
+            if json {
+                print_json(&v);
+            } else {
+                println!("chainctl {}", env!("CARGO_PKG_VERSION"));
+                println!("chaind   {} (pid {})", v.version, v.pid);
+                println!("root     {}", v.root);
+                println!("units    {}", v.units_dir);
+                if let Some(p) = &v.profile {
+                    println!("profile  {p}");
+                }
+                if let Some(h) = &v.http {
+                    println!("http     {h}");
+                }
+            }
             Ok(0)
         }
         Cmd::Inspect { unit } => {

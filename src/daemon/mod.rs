@@ -34,6 +34,8 @@ pub struct Config {
     pub profile: Option<String>,
     /// On shutdown, leave workloads running (they are re-adopted by the next chaind).
     pub leave_running: bool,
+    /// Plain-HTTP proxy listener; None = no proxy.
+    pub http: Option<std::net::SocketAddr>,
 }
 
 impl Config {
@@ -75,8 +77,23 @@ impl Daemon {
             cpus: chain_agent::host::cpu_count(),
             profile: cfg.profile.clone(),
         };
-        let (supervisor, handle) =
+        let (mut supervisor, handle) =
             Supervisor::new(sup_cfg.clone(), store).context("starting the supervisor")?;
+        // Listeners are created here and only here, so that handing them to a successor chaind
+        // (SCM_RIGHTS) stays a local change.
+        let proxy_stop = CancellationToken::new();
+        let mut proxy_task = None;
+        let mut http_addr = None;
+        if let Some(addr) = cfg.http {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the HTTP listener on {addr}"))?;
+            let mut proxy = crate::proxy::Proxy::new(handle.snapshot.clone());
+            proxy_task = Some(proxy.serve_http(listener, proxy_stop.clone()));
+            http_addr = proxy.http_addr;
+            tracing::info!(addr = ?http_addr, "proxy listening (http)");
+            supervisor.set_proxy(proxy);
+        }
 
         // Watch before the first load, so no change can fall between the load and the watch.
         let watcher_handle = handle.clone();
@@ -109,6 +126,7 @@ impl Daemon {
                 root: cfg.root.display().to_string(),
                 units_dir: units_dir.display().to_string(),
                 profile: None,
+                http: http_addr.map(|a| a.to_string()),
             }),
             logs_dir: sup_cfg.logs_dir.clone(),
             events: {
@@ -164,6 +182,11 @@ impl Daemon {
         {
             let _ = done_rx.await;
         }
+        // 3. The proxy stops once the workloads it drained are gone.
+        proxy_stop.cancel();
+        if let Some(t) = proxy_task {
+            let _ = t.await;
+        }
         while let Some(r) = tasks.join_next().await {
             match r {
                 Ok(name) => tracing::debug!(task = name, "task ended"),
@@ -171,7 +194,7 @@ impl Daemon {
                 Err(e) => tracing::error!(error = %e, "task failed"),
             }
         }
-        // 3. The supervisor flushed the store on its way out; 4. the socket goes.
+        // 4. The supervisor flushed the store on its way out; 5. the socket goes.
         let _ = std::fs::remove_file(&socket);
         tracing::info!("chaind stopped");
         Ok(())

@@ -29,6 +29,9 @@ pub enum InstanceState {
     Running { since: Instant, healthy: bool },
     /// Waiting to be restarted.
     Backoff { until: Instant, attempt: u32 },
+    /// Out of rotation; waiting for the proxy to report no request in flight (at most until
+    /// `deadline`), before the stop signal.
+    Draining { deadline: Instant, then: AfterStop },
     /// Stop signal sent; SIGKILL at `deadline` unless it exits first.
     Stopping {
         deadline: Instant,
@@ -55,11 +58,20 @@ pub enum AfterStop {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     Spawned,
-    SpawnFailed { error: String, permanent: bool },
+    SpawnFailed {
+        error: String,
+        permanent: bool,
+    },
     Ready,
     Unhealthy,
-    Exited { status: ExitStatus },
-    Stop { then: AfterStop },
+    Exited {
+        status: ExitStatus,
+    },
+    Stop {
+        then: AfterStop,
+    },
+    /// The proxy holds no request for the instance any more (or the drain timed out).
+    Drained,
     KillTimeout,
     BackoffElapsed,
 }
@@ -73,6 +85,10 @@ pub enum Effect {
     Kill,
     ArmKillTimer {
         at: Instant,
+    },
+    /// Ask the proxy to drain the instance, at most until `deadline`.
+    Drain {
+        deadline: Instant,
     },
     ArmBackoff {
         at: Instant,
@@ -92,6 +108,8 @@ pub struct Ctx<'a> {
     pub restart: &'a RestartSpec,
     pub kill_timeout: Duration,
     pub now: Instant,
+    /// Some when the instance may have received proxied traffic: stop drains it first.
+    pub drain_timeout: Option<Duration>,
     pub jitter: f64,
     /// When the current process was spawned (for run time and the restart policy).
     pub spawned_at: Option<Instant>,
@@ -119,6 +137,7 @@ impl InstanceState {
             Self::Running { healthy: true, .. } => "running",
             Self::Running { healthy: false, .. } => "unhealthy",
             Self::Backoff { .. } => "backoff",
+            Self::Draining { .. } => "draining",
             Self::Stopping { .. } => "stopping",
             Self::Exited { .. } => "exited",
             Self::Failed { .. } => "failed",
@@ -129,7 +148,10 @@ impl InstanceState {
     pub fn has_process(&self) -> bool {
         matches!(
             self,
-            Self::Starting { .. } | Self::Running { .. } | Self::Stopping { .. }
+            Self::Starting { .. }
+                | Self::Running { .. }
+                | Self::Draining { .. }
+                | Self::Stopping { .. }
         )
     }
 
@@ -147,6 +169,7 @@ impl Event {
             Self::Unhealthy => "unhealthy",
             Self::Exited { .. } => "exited",
             Self::Stop { .. } => "stop",
+            Self::Drained => "drained",
             Self::KillTimeout => "kill-timeout",
             Self::BackoffElapsed => "backoff-elapsed",
         }
@@ -244,16 +267,36 @@ pub fn step(
             let message = status.to_string();
             Ok(after_exit(history, *status, false, &message, ctx))
         }
-        (S::Starting { .. } | S::Running { .. }, Event::Stop { then }) => {
-            let deadline = now + ctx.kill_timeout;
+        (S::Running { .. }, Event::Stop { then }) if ctx.drain_timeout.is_some() => {
+            let deadline = now + ctx.drain_timeout.unwrap_or_default();
             keep(
-                S::Stopping {
+                S::Draining {
                     deadline,
                     then: then.clone(),
-                    killed: false,
                 },
-                vec![F::Signal, F::ArmKillTimer { at: deadline }],
+                vec![F::Drain { deadline }],
             )
+        }
+        (S::Starting { .. } | S::Running { .. }, Event::Stop { then }) => {
+            Ok(signal(history, then.clone(), ctx))
+        }
+        (S::Draining { then, .. }, Event::Drained) => Ok(signal(history, then.clone(), ctx)),
+        (S::Draining { deadline, then }, Event::Stop { then: newer }) => {
+            let then = if *newer == AfterStop::Remove {
+                newer.clone()
+            } else {
+                then.clone()
+            };
+            keep(
+                S::Draining {
+                    deadline: *deadline,
+                    then,
+                },
+                vec![],
+            )
+        }
+        (S::Draining { then, .. }, Event::Exited { status }) => {
+            Ok(stopped(history, then, *status, ctx))
         }
         (
             S::Stopping {
@@ -322,29 +365,9 @@ pub fn step(
             ],
         ),
         (S::Stopping { killed: true, .. }, Event::KillTimeout) => keep(state.clone(), vec![]),
-        (S::Stopping { then, .. }, Event::Exited { status }) => match then {
-            AfterStop::Remove => keep(
-                S::Exited { status: *status },
-                vec![
-                    F::Emit {
-                        kind: "stopped",
-                        message: format!("stopped ({status})"),
-                    },
-                    F::Remove,
-                ],
-            ),
-            AfterStop::Restart => keep(
-                S::Pending,
-                vec![
-                    F::Emit {
-                        kind: "restarting",
-                        message: format!("stopped ({status}), restarting"),
-                    },
-                    F::Spawn,
-                ],
-            ),
-            AfterStop::Recover { reason } => Ok(after_exit(history, *status, true, reason, ctx)),
-        },
+        (S::Stopping { then, .. }, Event::Exited { status }) => {
+            Ok(stopped(history, then, *status, ctx))
+        }
         (S::Pending | S::Backoff { .. }, Event::Stop { then }) => match then {
             AfterStop::Remove => keep(
                 S::Exited {
@@ -365,7 +388,11 @@ pub fn step(
         (S::Backoff { .. }, Event::BackoffElapsed) => keep(S::Pending, vec![F::Spawn]),
         // Late or duplicate signals that carry no information for these states.
         (
-            S::Backoff { .. } | S::Exited { .. } | S::Failed { .. } | S::Pending,
+            S::Backoff { .. }
+            | S::Exited { .. }
+            | S::Failed { .. }
+            | S::Pending
+            | S::Draining { .. },
             Event::Ready | Event::Unhealthy,
         ) => keep(state.clone(), vec![]),
         (
@@ -373,6 +400,7 @@ pub fn step(
             | S::Starting { .. }
             | S::Running { .. }
             | S::Backoff { .. }
+            | S::Draining { .. }
             | S::Stopping { .. }
             | S::Exited { .. }
             | S::Failed { .. },
@@ -381,12 +409,61 @@ pub fn step(
             | Event::Ready
             | Event::Unhealthy
             | Event::Exited { .. }
+            | Event::Drained
             | Event::KillTimeout
             | Event::BackoffElapsed,
         ) => Err(Illegal {
             state: state.name(),
             event: event.name(),
         }),
+    }
+}
+
+/// Sends the stop signal and arms the kill timer.
+fn signal(history: &History, then: AfterStop, ctx: &Ctx<'_>) -> Step {
+    let deadline = ctx.now + ctx.kill_timeout;
+    Step {
+        state: InstanceState::Stopping {
+            deadline,
+            then,
+            killed: false,
+        },
+        history: history.clone(),
+        effects: vec![Effect::Signal, Effect::ArmKillTimer { at: deadline }],
+    }
+}
+
+/// What follows the exit of an instance that was being stopped.
+fn stopped(history: &History, then: &AfterStop, status: ExitStatus, ctx: &Ctx<'_>) -> Step {
+    use Effect as F;
+    use InstanceState as S;
+    let keep = |state: InstanceState, effects: Vec<Effect>| Step {
+        state,
+        history: history.clone(),
+        effects,
+    };
+    match then {
+        AfterStop::Remove => keep(
+            S::Exited { status },
+            vec![
+                F::Emit {
+                    kind: "stopped",
+                    message: format!("stopped ({status})"),
+                },
+                F::Remove,
+            ],
+        ),
+        AfterStop::Restart => keep(
+            S::Pending,
+            vec![
+                F::Emit {
+                    kind: "restarting",
+                    message: format!("stopped ({status}), restarting"),
+                },
+                F::Spawn,
+            ],
+        ),
+        AfterStop::Recover { reason } => after_exit(history, status, true, reason, ctx),
     }
 }
 
@@ -477,6 +554,7 @@ mod tests {
                 Effect::Signal => "signal",
                 Effect::Kill => "kill",
                 Effect::ArmKillTimer { .. } => "kill-timer",
+                Effect::Drain { .. } => "drain",
                 Effect::ArmBackoff { .. } => "backoff-timer",
                 Effect::Remove => "remove",
                 Effect::Emit { kind, .. } => kind,
@@ -490,6 +568,7 @@ mod tests {
         let t = Instant::now();
         let r = spec();
         let ctx = Ctx {
+            drain_timeout: None,
             restart: &r,
             kill_timeout: Duration::from_secs(5),
             now: t,
@@ -642,12 +721,87 @@ mod tests {
         }
     }
 
+    /// A routed instance is drained before its stop signal; an exit while draining ends it.
+    #[test]
+    fn draining_before_stop() {
+        let t = Instant::now();
+        let r = spec();
+        let ctx = Ctx {
+            drain_timeout: Some(Duration::from_secs(30)),
+            restart: &r,
+            kill_timeout: Duration::from_secs(5),
+            now: t,
+            jitter: 0.5,
+            spawned_at: Some(t),
+        };
+        let h = History::default();
+        let running = InstanceState::Running {
+            since: t,
+            healthy: true,
+        };
+        let s = step(
+            &running,
+            &h,
+            &Event::Stop {
+                then: AfterStop::Remove,
+            },
+            &ctx,
+        )
+        .unwrap();
+        assert_eq!(s.state.name(), "draining");
+        assert_eq!(names(&s.effects), vec!["drain"]);
+        // A starting instance never took traffic: straight to the signal.
+        let starting = InstanceState::Starting { since: t };
+        let s2 = step(
+            &starting,
+            &h,
+            &Event::Stop {
+                then: AfterStop::Remove,
+            },
+            &ctx,
+        )
+        .unwrap();
+        assert_eq!(names(&s2.effects), vec!["signal", "kill-timer"]);
+        // Drained: signal and kill timer; a later stop request keeps draining.
+        let d = step(&s.state, &h, &Event::Drained, &ctx).unwrap();
+        assert_eq!(
+            (d.state.name(), names(&d.effects)),
+            ("stopping", vec!["signal", "kill-timer"])
+        );
+        let again = step(
+            &s.state,
+            &h,
+            &Event::Stop {
+                then: AfterStop::Restart,
+            },
+            &ctx,
+        )
+        .unwrap();
+        assert_eq!(again.state, s.state);
+        // Exit while draining: as if stopped.
+        let e = step(
+            &s.state,
+            &h,
+            &Event::Exited {
+                status: ExitStatus::Code(0),
+            },
+            &ctx,
+        )
+        .unwrap();
+        assert_eq!(
+            (e.state.name(), names(&e.effects)),
+            ("exited", vec!["stopped", "remove"])
+        );
+        assert!(step(&s.state, &h, &Event::KillTimeout, &ctx).is_err());
+    }
+
     /// Pairs that make no sense are rejected and leave the state as it was.
     #[test]
     fn illegal_transitions() {
         let t = Instant::now();
         let r = spec();
         let ctx = Ctx {
+            drain_timeout: None,
             restart: &r,
             kill_timeout: Duration::from_secs(5),
             now: t,
@@ -718,6 +872,7 @@ mod tests {
         let mut h = History::default();
         for _ in 0..3 {
             let ctx = Ctx {
+                drain_timeout: None,
                 restart: &r,
                 kill_timeout: Duration::from_secs(1),
                 now: t,
@@ -748,6 +903,7 @@ mod tests {
             "{reason}"
         );
         let ctx = Ctx {
+            drain_timeout: None,
             restart: &r,
             kill_timeout: Duration::from_secs(1),
             now: t,

@@ -33,6 +33,7 @@ use crate::api::wire::{
     ActionResult, ApiError, ApplyResult, ErrorCode, InstanceInfo, UnitAction, UnitErrors,
     UnitSummary,
 };
+use crate::proxy::{DrainOutcome, Proxy};
 use crate::store::{EventRecord, InstanceRecord, RevisionRecord, Store, UnitRecord};
 use crate::unit::{self, HealthCheck, PortSpec, ResolveCtx, Revision, UnitError, UnitSpec};
 use crate::watch::{DirWatch, WatchOptions};
@@ -97,6 +98,11 @@ enum Msg {
         gen: u64,
         kind: TimerKind,
         at: Instant,
+    },
+    Drained {
+        unit: String,
+        gen: u64,
+        outcome: DrainOutcome,
     },
     Stats(HashMap<i32, Sample>),
     WatchFired {
@@ -207,7 +213,13 @@ pub struct Supervisor {
     rng: u64,
     dirty: bool,
     base_env: Vec<(String, String)>,
+    /// Set by the daemon when a proxy listens: instances behind routes are drained before
+    /// they are stopped.
+    proxy: Option<Proxy>,
 }
+
+/// How long a stopping instance may take to finish its in-flight proxied requests.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -280,8 +292,14 @@ impl Supervisor {
             rng: seed | 1,
             dirty: false,
             base_env,
+            proxy: None,
         };
         Ok((sup, handle))
+    }
+
+    /// Instances behind routes will be drained through this proxy before they stop.
+    pub fn set_proxy(&mut self, proxy: Proxy) {
+        self.proxy = Some(proxy);
     }
 
     /// Runs until a shutdown command completes.
@@ -552,6 +570,23 @@ impl Supervisor {
                 kind,
                 at,
             } => self.on_timer(&unit, gen, kind, at),
+            Msg::Drained { unit, gen, outcome } => {
+                let draining = self
+                    .instance(&unit, gen)
+                    .is_some_and(|i| matches!(i.state, InstanceState::Draining { .. }));
+                if draining {
+                    if let DrainOutcome::TimedOut { inflight } = outcome {
+                        let index = self.instance(&unit, gen).map(|i| i.index);
+                        self.emit(
+                            &unit,
+                            index,
+                            "drain",
+                            format!("drain timed out with {inflight} requests in flight"),
+                        );
+                    }
+                    self.instance_event(&unit, gen, Event::Drained);
+                }
+            }
             Msg::Stats(samples) => self.on_stats(samples),
             Msg::WatchFired { unit, path } => {
                 if let Some(u) = self.units.get_mut(&unit) {
@@ -1170,10 +1205,13 @@ impl Supervisor {
     fn instance_event(&mut self, unit: &str, gen: u64, event: Event) {
         let jitter = self.next_jitter();
         let now = Instant::now();
+        let has_proxy = self.proxy.is_some();
         let Some(inst) = self.instance_mut(unit, gen) else {
             return;
         };
+        let drain_timeout = (has_proxy && !inst.spec.routes.is_empty()).then_some(DRAIN_TIMEOUT);
         let ctx = Ctx {
+            drain_timeout,
             restart: &inst.spec.restart,
             kill_timeout: inst.spec.process.kill_timeout,
             now,
@@ -1237,6 +1275,22 @@ impl Supervisor {
                 }
             }
             Effect::ArmKillTimer { at } => self.arm(unit, gen, TimerKind::Kill, at),
+            Effect::Drain { deadline } => {
+                let Some(proxy) = self.proxy.clone() else {
+                    self.instance_event(unit, gen, Event::Drained);
+                    return;
+                };
+                if let Some(p) = self.instance_mut(unit, gen).and_then(|i| i.probe.take()) {
+                    p.abort();
+                }
+                let tx = self.tx.clone();
+                let unit = unit.to_string();
+                tokio::spawn(async move {
+                    let timeout = deadline.saturating_duration_since(Instant::now());
+                    let outcome = proxy.drain(&unit, gen, timeout).await;
+                    let _ = tx.send(Msg::Drained { unit, gen, outcome });
+                });
+            }
             Effect::ArmBackoff { at } => self.arm(unit, gen, TimerKind::Backoff, at),
             Effect::Remove => self.remove_instance(unit, gen),
             Effect::Emit { kind, message } => {
@@ -1533,6 +1587,9 @@ impl Supervisor {
             stopping: matches!(
                 inst.state,
                 InstanceState::Stopping {
+                    then: AfterStop::Remove,
+                    ..
+                } | InstanceState::Draining {
                     then: AfterStop::Remove,
                     ..
                 }
@@ -1871,8 +1928,12 @@ impl Instance {
             InstanceState::Stopping {
                 then: AfterStop::Remove,
                 ..
+            }
+            | InstanceState::Draining {
+                then: AfterStop::Remove,
+                ..
             } => Phase::Stopping,
-            InstanceState::Stopping { .. } => Phase::Restarting,
+            InstanceState::Stopping { .. } | InstanceState::Draining { .. } => Phase::Restarting,
             InstanceState::Exited { status } => Phase::Exited {
                 success: status.success(),
             },

@@ -623,6 +623,43 @@ impl<'a, 'i> Field<'a, 'i> {
         }
     }
 
+    /// An array of tables (`[[route]]`), one cursor per element; the elements' schema is the
+    /// array's own key path, so their keys are `route.host`, not `route[0].host`.
+    pub(crate) fn tables(
+        &self,
+        d: &mut Decoder<'_>,
+        hint: Option<String>,
+    ) -> Option<Vec<Table<'a, 'i>>> {
+        let DeValue::Array(items) = self.value.get_ref() else {
+            self.type_error(d, &format!("an array of tables [[{}]]", self.path), hint);
+            return None;
+        };
+        let mut out = Vec::new();
+        let mut ok = true;
+        for (i, item) in items.iter().enumerate() {
+            match item.get_ref() {
+                DeValue::Table(t) => out.push(Table::new(
+                    d,
+                    format!("{}[{i}]", self.path),
+                    self.schema.clone(),
+                    item.span(),
+                    t,
+                )),
+                _ => {
+                    let message = format!("expected a table, found {}", describe(d.src(), item));
+                    d.error(
+                        item.span().start,
+                        format!("{}[{i}]", self.path),
+                        message,
+                        hint.clone(),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(out)
+    }
+
     /// The value as a table cursor.
     pub(crate) fn table(&self, d: &mut Decoder<'_>) -> Option<Table<'a, 'i>> {
         self.table_with(d, None)

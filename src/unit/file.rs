@@ -14,10 +14,11 @@ use super::decode::{Decoder, Table};
 use super::error::{Pos, UnitError};
 use super::section::{
     decode_depends_on, decode_env, decode_health, decode_instances, decode_logs, decode_port,
-    decode_process, decode_profiles, decode_restart, decode_watch,
+    decode_process, decode_profiles, decode_restart, decode_routes, decode_watch,
 };
 use super::spec::{
     DependencyCondition, HealthCheck, HealthSpec, LogSpec, PortSpec, RestartPolicy, RestartSpec,
+    RouteSpec,
 };
 use super::syntax;
 use super::valid_unit_name;
@@ -68,6 +69,16 @@ pub const KEYS: &[&str] = &[
     "logs",
     "logs.max_size",
     "logs.max_files",
+    "route",
+    "route.host",
+    "route.path",
+    "route.strip_prefix",
+    "route.policy",
+    "route.connect_timeout",
+    "route.timeout",
+    "route.max_body",
+    "route.max_fails",
+    "route.fail_timeout",
 ];
 
 /// Defaults of optional keys; docs/units.md states the same values.
@@ -96,6 +107,11 @@ pub mod defaults {
     pub const LOG_MIN_SIZE: u64 = 4 << 10;
     pub const LOG_MAX_FILES: u32 = 5;
     pub const LOG_MAX_FILES_LIMIT: u32 = 100;
+    pub const ROUTE_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+    pub const ROUTE_TIMEOUT: Duration = Duration::from_secs(60);
+    pub const ROUTE_MAX_BODY: u64 = 10 << 20;
+    pub const ROUTE_MAX_FAILS: u32 = 1;
+    pub const ROUTE_FAIL_TIMEOUT: Duration = Duration::from_secs(10);
 }
 
 /// Signals accepted by `stop_signal`, normalised.
@@ -132,6 +148,9 @@ pub struct UnitFile {
     pub health: Option<HealthSpec>,
     pub watch: Option<WatchSection>,
     pub logs: LogSpec,
+    pub routes: Vec<RouteSpec>,
+    /// Where the first `[[route]]` is written ([`Pos::START`] when there is none).
+    pub routes_pos: Pos,
 }
 
 /// `instances` as written: a count, or `"max"` (one per CPU, known only at resolve time).
@@ -332,9 +351,35 @@ fn decode(
             max_size: defaults::LOG_MAX_SIZE,
             max_files: defaults::LOG_MAX_FILES,
         });
+    let (routes, routes_at) = match top.take(d, "route") {
+        Some(f) => (decode_routes(d, &f), Some(f.at())),
+        None => (Vec::new(), None),
+    };
     top.end(d);
 
     // Checks across sections.
+    if let (Some(at), PortSpec::None) = (routes_at, port) {
+        d.error(
+            at,
+            "route",
+            "a route needs the instances' port, but the unit has port = \"none\"",
+            Some("remove port = \"none\" (ports default to \"auto\")".into()),
+        );
+    }
+    for (i, r) in routes.iter().enumerate() {
+        if routes[..i]
+            .iter()
+            .any(|o| o.host == r.host && o.path == r.path)
+        {
+            let host = r.host.as_deref().unwrap_or("any host");
+            d.error(
+                routes_at.unwrap_or(0),
+                format!("route[{i}]"),
+                format!("two routes for {host} with path {:?}", r.path),
+                Some("merge them, or give them different paths".into()),
+            );
+        }
+    }
     if let (Some((health, type_at)), PortSpec::None) = (&health, port) {
         let kind = match health.check {
             HealthCheck::Http { .. } => Some("http"),
@@ -368,6 +413,8 @@ fn decode(
         health: health.map(|(h, _)| h),
         watch,
         logs,
+        routes_pos: routes_at.map_or(Pos::START, |at| d.pos(at)),
+        routes,
     }
 }
 
@@ -457,6 +504,7 @@ command = "x"
 type = "http"
 [watch]
 [logs]
+[[route]]
 "#;
         let mut d = Decoder::new(Path::new("t.toml"), text);
         let root = DeTable::parse(text).unwrap();

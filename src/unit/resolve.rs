@@ -162,6 +162,7 @@ pub(crate) fn resolve_with<'t>(
                 debounce: w.debounce,
             }),
         logs: file.logs,
+        routes: file.routes.clone(),
     })
 }
 

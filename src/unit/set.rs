@@ -72,6 +72,7 @@ pub(crate) fn validate_set_with(
 
     errors.extend(cycles(units, &by_name));
     errors.extend(port_overlaps(units, cpus));
+    errors.extend(route_conflicts(units));
     errors.sort_by(|a, b| (&a.file, a.pos()).cmp(&(&b.file, b.pos())));
     errors
 }
@@ -190,6 +191,34 @@ fn port_overlaps(units: &[UnitFile], cpus: Option<u32>) -> Vec<UnitError> {
     errors
 }
 
+/// Two units may not claim the same host and path: the proxy could not tell them apart.
+fn route_conflicts(units: &[UnitFile]) -> Vec<UnitError> {
+    let mut errors = Vec::new();
+    for u in units {
+        for r in &u.routes {
+            let clash = units.iter().filter(|o| o.name != u.name).find(|o| {
+                o.routes
+                    .iter()
+                    .any(|or| or.host == r.host && or.path == r.path)
+            });
+            if let Some(other) = clash {
+                let host = r.host.as_deref().unwrap_or("any host");
+                errors.push(UnitError::at(
+                    &u.path,
+                    u.routes_pos,
+                    "route",
+                    format!(
+                        "route conflict with unit `{}`: both route {host} path {:?}",
+                        other.name, r.path
+                    ),
+                    Some("give one of them another host or path".into()),
+                ));
+            }
+        }
+    }
+    errors
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -271,6 +300,19 @@ mod tests {
             errors,
             ["u/web.toml:1:16: depends_on.migrate: `migrate` can never complete: its restart policy is \"always\"\n  hint: set [restart] policy = \"on-failure\" or \"never\" in migrate.toml, or wait for \"started\" or \"healthy\" instead"]
         );
+    }
+
+    /// Two units routing the same host and path are both reported.
+    #[test]
+    fn route_conflict() {
+        let units = [
+            unit("a", "[[route]]\nhost = \"x.com\"\npath = \"/api\""),
+            unit("b", "[[route]]\nhost = \"x.com\"\npath = \"/api\""),
+            unit("c", "[[route]]\nhost = \"x.com\"\npath = \"/\""),
+        ];
+        let got = check(&units, &[]);
+        assert_eq!(got.len(), 2, "{got:#?}");
+        assert!(got[0].contains("route conflict with unit `b`"), "{got:#?}");
     }
 
     /// Fixed ports (base + instances) and ranges may not overlap across units; "max" uses the CPU count.

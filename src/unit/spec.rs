@@ -38,6 +38,55 @@ pub struct UnitSpec {
     #[serde(default)]
     pub watch: Option<WatchSpec>,
     pub logs: LogSpec,
+    /// `[[route]]`: how the proxy reaches this unit's ready instances.
+    #[serde(default)]
+    pub routes: Vec<RouteSpec>,
+}
+
+/// One `[[route]]`: requests for `host` whose path starts with `path` go to the unit's ready
+/// instances.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteSpec {
+    /// Exact host (`api.example.com`) or wildcard (`*.example.com`), lowercase; None = any host.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Path prefix, starting with `/`. The longest matching prefix wins.
+    pub path: String,
+    /// Remove `path` from the request path before forwarding.
+    #[serde(default)]
+    pub strip_prefix: bool,
+    pub policy: BalancePolicy,
+    /// Time to connect to an instance.
+    #[serde(with = "duration_str")]
+    pub connect_timeout: Duration,
+    /// Time for an instance to start its response (headers); 504 after that.
+    #[serde(with = "duration_str")]
+    pub timeout: Duration,
+    /// Largest request body accepted, in bytes; larger gets 413.
+    pub max_body: u64,
+    /// Failures within `fail_timeout` after which an instance is skipped for `fail_timeout`;
+    /// 0 disables passive health.
+    pub max_fails: u32,
+    #[serde(with = "duration_str")]
+    pub fail_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BalancePolicy {
+    RoundRobin,
+    LeastConn,
+}
+
+impl BalancePolicy {
+    pub const ALL: [&'static str; 2] = ["round_robin", "least_conn"];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RoundRobin => "round_robin",
+            Self::LeastConn => "least_conn",
+        }
+    }
 }
 
 /// How an instance gets its `PORT`.

@@ -348,6 +348,16 @@ VERSION = "{version}"
 }
 
 impl TestDaemon {
+    /// The proxy's HTTP address (start the daemon with `--http 127.0.0.1:0`).
+    pub fn http_addr(&self) -> std::net::SocketAddr {
+        let v: chain::api::wire::VersionInfo =
+            serde_json::from_str(&self.ctl_ok(&["version", "--json"])).unwrap();
+        v.http
+            .expect("daemon started without --http")
+            .parse()
+            .unwrap()
+    }
+
     /// Status whatever the unit's state (chainctl exits non-zero for broken units).
     pub fn status_any(&self, unit: &str) -> UnitStatus {
         let out = self.ctl(&["status", unit, "--json"]);
@@ -358,5 +368,141 @@ impl TestDaemon {
                 String::from_utf8_lossy(&out.stderr)
             )
         })
+    }
+}
+
+/// A keep-alive HTTP/1.1 client for tests: one connection, reused.
+pub struct KeepAlive {
+    addr: std::net::SocketAddr,
+    conn: Option<std::io::BufReader<TcpStream>>,
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+impl KeepAlive {
+    pub fn new(addr: std::net::SocketAddr) -> KeepAlive {
+        KeepAlive { addr, conn: None }
+    }
+
+    /// Sends one request on the kept-alive connection (opening it if needed). Any I/O problem
+    /// is an error: a proxy that never drops a request never makes the client reconnect.
+    pub fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        host: &str,
+        body: &[u8],
+    ) -> std::io::Result<Reply> {
+        use std::io::BufRead;
+        if self.conn.is_none() {
+            let s = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5))?;
+            s.set_read_timeout(Some(Duration::from_secs(30)))?;
+            s.set_nodelay(true)?;
+            self.conn = Some(std::io::BufReader::new(s));
+        }
+        let conn = self.conn.as_mut().expect("just set");
+        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\n");
+        if !body.is_empty() || method == "POST" {
+            head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        head.push_str("\r\n");
+        let result = (|| {
+            let w = conn.get_mut();
+            w.write_all(head.as_bytes())?;
+            w.write_all(body)?;
+            let mut line = String::new();
+            if conn.read_line(&mut line)? == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "connection closed before a response",
+                ));
+            }
+            let status: u16 = line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+                .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
+            let mut headers = Vec::new();
+            loop {
+                let mut l = String::new();
+                conn.read_line(&mut l)?;
+                let l = l.trim_end();
+                if l.is_empty() {
+                    break;
+                }
+                if let Some((k, v)) = l.split_once(':') {
+                    headers.push((k.trim().to_string(), v.trim().to_string()));
+                }
+            }
+            let get = |n: &str| {
+                headers
+                    .iter()
+                    .find(|(k, _): &&(String, String)| k.eq_ignore_ascii_case(n))
+                    .map(|(_, v)| v.clone())
+            };
+            let mut body = Vec::new();
+            if method == "HEAD" || status == 204 || status == 304 {
+            } else if let Some(len) = get("content-length").and_then(|v| v.parse::<usize>().ok()) {
+                body.resize(len, 0);
+                conn.read_exact(&mut body)?;
+            } else if get("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+                loop {
+                    let mut size = String::new();
+                    conn.read_line(&mut size)?;
+                    let n = usize::from_str_radix(size.trim().split(';').next().unwrap_or("0"), 16)
+                        .map_err(|_| std::io::Error::other("bad chunk size"))?;
+                    let mut chunk = vec![0; n + 2];
+                    conn.read_exact(&mut chunk)?;
+                    if n == 0 {
+                        break;
+                    }
+                    body.extend_from_slice(&chunk[..n]);
+                }
+            } else {
+                conn.read_to_end(&mut body)?;
+            }
+            let close = get("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+            Ok((
+                Reply {
+                    status,
+                    headers,
+                    body,
+                },
+                close,
+            ))
+        })();
+        match result {
+            Ok((reply, close)) => {
+                if close {
+                    self.conn = None;
+                }
+                Ok(reply)
+            }
+            Err(e) => {
+                self.conn = None;
+                Err(e)
+            }
+        }
+    }
+
+    pub fn get(&mut self, path: &str) -> std::io::Result<Reply> {
+        self.request("GET", path, "localhost", b"")
     }
 }

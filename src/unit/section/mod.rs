@@ -8,6 +8,7 @@ mod health;
 mod logs;
 mod process;
 mod restart;
+mod route;
 mod top;
 mod watch;
 
@@ -18,5 +19,6 @@ pub(crate) use health::decode_health;
 pub(crate) use logs::decode_logs;
 pub(crate) use process::decode_process;
 pub(crate) use restart::decode_restart;
+pub(crate) use route::decode_routes;
 pub(crate) use top::{decode_depends_on, decode_instances, decode_port};
 pub(crate) use watch::decode_watch;

@@ -1,0 +1,369 @@
+//! Forwarding one request: route lookup, upstream pick, header rewriting, streaming both ways,
+//! one retry for idempotent requests that could not connect, and short plain error pages.
+
+use std::convert::Infallible;
+use std::error::Error as StdError;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode, Uri};
+
+use super::table::{InflightGuard, Route, Upstream};
+use super::Shared;
+
+pub type BoxError = Box<dyn StdError + Send + Sync>;
+pub type ProxyBody = BoxBody<Bytes, BoxError>;
+
+/// Headers that describe one hop and are never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+];
+
+static REQUEST_SEQ: AtomicU64 = AtomicU64::new(0);
+
+pub async fn handle(
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    Ok(match forward(&shared, peer, req).await {
+        Ok(resp) => resp,
+        Err(status) => plain(status),
+    })
+}
+
+async fn forward(
+    shared: &Shared,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, StatusCode> {
+    let host = request_host(&req).unwrap_or_default();
+    let path = req.uri().path().to_string();
+    // Pick while holding the table; the guard keeps the upstream counted after the table goes.
+    let (route_spec, first, retry_pool) = {
+        let table = shared.table.load_full();
+        let route = table.find(&host, &path).ok_or(StatusCode::NOT_FOUND)?;
+        let Some(up) = route.pick(None) else {
+            return Err(StatusCode::SERVICE_UNAVAILABLE);
+        };
+        let guard = InflightGuard::new(up);
+        (route.spec.clone(), guard, RetryPool::of(route))
+    };
+
+    if let Some(len) = content_length(req.headers()) {
+        if len > route_spec.max_body {
+            return Err(StatusCode::PAYLOAD_TOO_LARGE);
+        }
+    }
+    let replayable = is_idempotent(req.method()) && has_no_body(&req);
+    let (parts, body) = req.into_parts();
+    let body: ProxyBody = Limited::new(body, route_spec.max_body as usize).boxed();
+    let upstream_path = rewrite_path(&parts.uri, &route_spec.path, route_spec.strip_prefix);
+    let headers = forwarded_headers(&parts.headers, peer, &host);
+    let client = shared.client(route_spec.connect_timeout);
+
+    let mut guard = first;
+    let mut body = Some(body);
+    for attempt in 0..2 {
+        let up = guard.upstream().clone();
+        let uri: Uri = format!("http://{}{}", up.addr, upstream_path)
+            .parse()
+            .map_err(|_| StatusCode::BAD_REQUEST)?;
+        let mut out = Request::builder()
+            .method(parts.method.clone())
+            .uri(uri)
+            .version(hyper::Version::HTTP_11);
+        if let Some(h) = out.headers_mut() {
+            *h = headers.clone();
+        }
+        let req_body = body.take().unwrap_or_else(|| empty_body());
+        let out = out.body(req_body).map_err(|_| StatusCode::BAD_REQUEST)?;
+        match tokio::time::timeout(route_spec.timeout, client.request(out)).await {
+            Err(_) => {
+                up.record_failure(&route_spec);
+                return Err(StatusCode::GATEWAY_TIMEOUT);
+            }
+            Ok(Ok(resp)) => {
+                up.record_success();
+                return Ok(response(resp, guard));
+            }
+            Ok(Err(e)) => {
+                if body_too_large(&e) {
+                    return Err(StatusCode::PAYLOAD_TOO_LARGE);
+                }
+                up.record_failure(&route_spec);
+                tracing::debug!(unit = %up.unit, addr = %up.addr, error = %e, attempt, "upstream request failed");
+                // Only a request that never reached the instance, without a body, is retried.
+                if attempt == 0 && replayable && e.is_connect() {
+                    if let Some(next) = retry_pool.pick(&up) {
+                        guard = InflightGuard::new(next);
+                        continue;
+                    }
+                }
+                return Err(StatusCode::BAD_GATEWAY);
+            }
+        }
+    }
+    Err(StatusCode::BAD_GATEWAY)
+}
+
+/// The upstreams of the route at pick time, for one retry after a failed connect.
+struct RetryPool {
+    route: Option<Route>,
+}
+
+impl RetryPool {
+    fn of(route: &Route) -> RetryPool {
+        RetryPool {
+            route: (route.upstreams.len() > 1).then(|| Route {
+                unit: route.unit.clone(),
+                host: route.host.clone(),
+                spec: route.spec.clone(),
+                upstreams: route.upstreams.clone(),
+                cursor: route.cursor.clone(),
+            }),
+        }
+    }
+
+    fn pick(&self, failed: &Arc<Upstream>) -> Option<Arc<Upstream>> {
+        self.route.as_ref()?.pick(Some(failed))
+    }
+}
+
+fn response(resp: Response<Incoming>, guard: InflightGuard) -> Response<ProxyBody> {
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    let body = Guarded {
+        inner: body,
+        guard: Some(guard),
+    }
+    .map_err(|e| Box::new(e) as BoxError)
+    .boxed();
+    Response::from_parts(parts, body)
+}
+
+/// A response body that keeps the upstream's in-flight count until it is fully sent (or the
+/// client goes away).
+struct Guarded {
+    inner: Incoming,
+    guard: Option<InflightGuard>,
+}
+
+impl Body for Guarded {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let poll = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None) | Poll::Ready(Some(Err(_))) = &poll {
+            self.guard = None;
+        }
+        poll
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn request_host(req: &Request<Incoming>) -> Option<String> {
+    let raw = req.uri().host().map(str::to_string).or_else(|| {
+        req.headers()
+            .get(header::HOST)?
+            .to_str()
+            .ok()
+            .map(str::to_string)
+    })?;
+    // Strip the port (IPv6 literals keep their brackets).
+    let host = match raw.rfind(':') {
+        Some(i) if !raw[i..].contains(']') => &raw[..i],
+        _ => raw.as_str(),
+    };
+    Some(host.trim_end_matches('.').to_ascii_lowercase())
+}
+
+fn content_length(h: &HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn has_no_body(req: &Request<Incoming>) -> bool {
+    !req.headers().contains_key(header::TRANSFER_ENCODING)
+        && content_length(req.headers()).unwrap_or(0) == 0
+}
+
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+fn rewrite_path(uri: &Uri, prefix: &str, strip: bool) -> String {
+    let path = uri.path();
+    let path = if strip && prefix != "/" {
+        let rest = path
+            .strip_prefix(prefix.trim_end_matches('/'))
+            .unwrap_or(path);
+        if rest.starts_with('/') {
+            rest.to_string()
+        } else {
+            format!("/{rest}")
+        }
+    } else {
+        path.to_string()
+    };
+    match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    }
+}
+
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // Headers named in Connection are hop-by-hop too.
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        h.remove(n);
+    }
+    h.remove(header::UPGRADE);
+}
+
+fn forwarded_headers(orig: &HeaderMap, peer: SocketAddr, host: &str) -> HeaderMap {
+    let mut h = orig.clone();
+    strip_hop_by_hop(&mut h);
+    let ip = peer.ip().to_string();
+    let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {ip}"),
+        None => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        h.insert("x-forwarded-for", v);
+    }
+    h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    if let Ok(v) = HeaderValue::from_str(host) {
+        h.insert("x-forwarded-host", v);
+    }
+    if !h.contains_key("x-request-id") {
+        let id = format!(
+            "{:016x}{:08x}",
+            crate::store::random_u64(),
+            REQUEST_SEQ.fetch_add(1, Ordering::Relaxed) as u32
+        );
+        if let Ok(v) = HeaderValue::from_str(&id) {
+            h.insert("x-request-id", v);
+        }
+    }
+    h
+}
+
+fn body_too_large(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut src: Option<&(dyn StdError + 'static)> = e.source();
+    while let Some(s) = src {
+        if s.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        src = s.source();
+    }
+    false
+}
+
+fn empty_body() -> ProxyBody {
+    Full::new(Bytes::new())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// Short plain error pages: the status line and nothing an attacker can use.
+pub fn plain(status: StatusCode) -> Response<ProxyBody> {
+    let text = format!(
+        "{} {}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
+    let mut r = Response::new(
+        Full::new(Bytes::from(text))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// strip_prefix removes the route prefix and keeps the query.
+    #[test]
+    fn path_rewriting() {
+        let uri: Uri = "/api/users?id=1".parse().unwrap();
+        assert_eq!(rewrite_path(&uri, "/api", true), "/users?id=1");
+        assert_eq!(rewrite_path(&uri, "/api/", true), "/users?id=1");
+        assert_eq!(rewrite_path(&uri, "/api", false), "/api/users?id=1");
+        let exact: Uri = "/api".parse().unwrap();
+        assert_eq!(rewrite_path(&exact, "/api", true), "/");
+    }
+
+    /// Hop-by-hop headers, and the ones named in Connection, are dropped; X-Forwarded-* set.
+    #[test]
+    fn headers() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        h.insert("accept", HeaderValue::from_static("*/*"));
+        let out = forwarded_headers(&h, "192.0.2.7:5000".parse().unwrap(), "example.com");
+        assert!(
+            out.get("x-secret").is_none()
+                && out.get("connection").is_none()
+                && out.get("keep-alive").is_none()
+        );
+        assert_eq!(out["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
+        assert_eq!(out["x-forwarded-host"], "example.com");
+        assert_eq!(out["accept"], "*/*");
+        assert!(out.contains_key("x-request-id"));
+    }
+}

@@ -1,0 +1,315 @@
+//! The route table: an immutable snapshot the request path reads without locks, and the
+//! upstreams it points to.
+//!
+//! Tables are rebuilt by [`super::Builder`] whenever the supervisor publishes a new snapshot
+//! and swapped in atomically. [`Upstream`] objects outlive tables: the same `Arc<Upstream>` is
+//! reused for an instance across rebuilds, so in-flight counts and passive-health state carry
+//! over. Its strong count is the drain signal: once no table and no request holds it, the
+//! instance receives no more traffic.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::unit::{BalancePolicy, RouteSpec};
+
+/// A routable instance.
+#[derive(Debug)]
+pub struct Upstream {
+    pub unit: String,
+    pub generation: u64,
+    pub addr: SocketAddr,
+    /// Requests forwarded and not finished (response body not yet fully sent).
+    pub inflight: AtomicUsize,
+    /// Passive health: failures in the current window, window start and down-until, in ms
+    /// since `epoch`.
+    fails: AtomicU32,
+    window_start: AtomicU64,
+    down_until: AtomicU64,
+    epoch: Instant,
+}
+
+impl Upstream {
+    pub fn new(unit: &str, generation: u64, addr: SocketAddr, epoch: Instant) -> Upstream {
+        Upstream {
+            unit: unit.to_string(),
+            generation,
+            addr,
+            inflight: AtomicUsize::new(0),
+            fails: AtomicU32::new(0),
+            window_start: AtomicU64::new(0),
+            down_until: AtomicU64::new(0),
+            epoch,
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    pub fn is_down(&self) -> bool {
+        self.down_until.load(Ordering::Relaxed) > self.now_ms()
+    }
+
+    /// Records a failed attempt; after `max_fails` within `fail_timeout` the upstream is
+    /// skipped for `fail_timeout` (nginx's max_fails / fail_timeout).
+    pub fn record_failure(&self, spec: &RouteSpec) {
+        if spec.max_fails == 0 {
+            return;
+        }
+        let now = self.now_ms();
+        let window = spec.fail_timeout.as_millis() as u64;
+        let start = self.window_start.load(Ordering::Relaxed);
+        let count = if now.saturating_sub(start) > window {
+            self.window_start.store(now, Ordering::Relaxed);
+            self.fails.store(1, Ordering::Relaxed);
+            1
+        } else {
+            self.fails.fetch_add(1, Ordering::Relaxed) + 1
+        };
+        if count >= spec.max_fails {
+            self.down_until.store(now + window, Ordering::Relaxed);
+            self.fails.store(0, Ordering::Relaxed);
+            self.window_start.store(now, Ordering::Relaxed);
+        }
+    }
+
+    pub fn record_success(&self) {
+        if self.fails.load(Ordering::Relaxed) != 0 {
+            self.fails.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Holds one unit of in-flight count on an upstream (and the upstream itself) until dropped.
+#[derive(Debug)]
+pub struct InflightGuard(Arc<Upstream>);
+
+impl InflightGuard {
+    pub fn new(up: Arc<Upstream>) -> InflightGuard {
+        up.inflight.fetch_add(1, Ordering::AcqRel);
+        InflightGuard(up)
+    }
+
+    pub fn upstream(&self) -> &Arc<Upstream> {
+        &self.0
+    }
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    Exact(String),
+    /// `*.example.com` stored as `.example.com`: matches one or more labels in front.
+    Wildcard(String),
+}
+
+impl HostPattern {
+    pub fn parse(h: &str) -> HostPattern {
+        match h.strip_prefix('*') {
+            Some(suffix) => HostPattern::Wildcard(suffix.to_string()),
+            None => HostPattern::Exact(h.to_string()),
+        }
+    }
+
+    fn rank(&self, host: &str) -> Option<u8> {
+        match self {
+            HostPattern::Exact(h) => (h == host).then_some(2),
+            HostPattern::Wildcard(suffix) => {
+                (host.len() > suffix.len() && host.ends_with(suffix.as_str())).then_some(1)
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Route {
+    pub unit: String,
+    pub host: Option<HostPattern>,
+    pub spec: RouteSpec,
+    pub upstreams: Vec<Arc<Upstream>>,
+    /// Round-robin cursor, shared by every table built for this route.
+    pub cursor: Arc<AtomicUsize>,
+}
+
+impl Route {
+    /// Picks an upstream by the route's policy, skipping `exclude` and upstreams marked down
+    /// (unless every one is down: then any may be tried, as nginx does).
+    pub fn pick(&self, exclude: Option<&Arc<Upstream>>) -> Option<Arc<Upstream>> {
+        let usable = |u: &&Arc<Upstream>| exclude.is_none_or(|x| !Arc::ptr_eq(x, u));
+        let mut candidates: Vec<&Arc<Upstream>> = self
+            .upstreams
+            .iter()
+            .filter(usable)
+            .filter(|u| !u.is_down())
+            .collect();
+        if candidates.is_empty() {
+            candidates = self.upstreams.iter().filter(usable).collect();
+        }
+        if candidates.is_empty() {
+            return None;
+        }
+        let turn = self.cursor.fetch_add(1, Ordering::Relaxed);
+        let chosen = match self.spec.policy {
+            BalancePolicy::RoundRobin => candidates[turn % candidates.len()],
+            BalancePolicy::LeastConn => {
+                let n = candidates.len();
+                // Start the scan at the cursor so ties rotate instead of piling on the first.
+                (0..n)
+                    .map(|i| candidates[(turn + i) % n])
+                    .min_by_key(|u| u.inflight.load(Ordering::Relaxed))
+                    .expect("candidates is not empty")
+            }
+        };
+        Some(chosen.clone())
+    }
+
+    /// True when `path` is under this route's prefix, on a segment boundary.
+    fn covers(&self, path: &str) -> bool {
+        let prefix = self.spec.path.as_str();
+        prefix == "/"
+            || path == prefix
+            || (path.starts_with(prefix)
+                && (prefix.ends_with('/') || path.as_bytes().get(prefix.len()) == Some(&b'/')))
+    }
+}
+
+/// Every route of every unit, with the ready instances behind each.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    pub routes: Vec<Route>,
+}
+
+impl RouteTable {
+    /// The route for a request: the most specific host match (exact, then wildcard, then
+    /// any-host routes), then the longest path prefix.
+    pub fn find(&self, host: &str, path: &str) -> Option<&Route> {
+        self.routes
+            .iter()
+            .filter_map(|r| {
+                let host_rank = match &r.host {
+                    Some(p) => p.rank(host)?,
+                    None => 0,
+                };
+                r.covers(path)
+                    .then_some(((host_rank, r.spec.path.len()), r))
+            })
+            .max_by_key(|(score, _)| *score)
+            .map(|(_, r)| r)
+    }
+
+    pub fn contains(&self, unit: &str, generation: u64) -> bool {
+        self.routes.iter().any(|r| {
+            r.upstreams
+                .iter()
+                .any(|u| u.unit == unit && u.generation == generation)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn spec(host: Option<&str>, path: &str, policy: BalancePolicy) -> RouteSpec {
+        RouteSpec {
+            host: host.map(str::to_string),
+            path: path.into(),
+            strip_prefix: false,
+            policy,
+            connect_timeout: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            max_body: 1024,
+            max_fails: 2,
+            fail_timeout: Duration::from_secs(10),
+        }
+    }
+
+    fn route(unit: &str, host: Option<&str>, path: &str, n: u16, policy: BalancePolicy) -> Route {
+        let epoch = Instant::now();
+        Route {
+            unit: unit.into(),
+            host: host.map(HostPattern::parse),
+            spec: spec(host, path, policy),
+            upstreams: (0..n)
+                .map(|i| {
+                    Arc::new(Upstream::new(
+                        unit,
+                        i.into(),
+                        ([127, 0, 0, 1], 1000 + i).into(),
+                        epoch,
+                    ))
+                })
+                .collect(),
+            cursor: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Exact host beats wildcard beats any host; then the longest prefix on a segment boundary.
+    #[test]
+    fn matching() {
+        let t = RouteTable {
+            routes: vec![
+                route("any", None, "/", 1, BalancePolicy::RoundRobin),
+                route("api", None, "/api", 1, BalancePolicy::RoundRobin),
+                route(
+                    "wild",
+                    Some("*.example.com"),
+                    "/",
+                    1,
+                    BalancePolicy::RoundRobin,
+                ),
+                route(
+                    "exact",
+                    Some("www.example.com"),
+                    "/",
+                    1,
+                    BalancePolicy::RoundRobin,
+                ),
+            ],
+        };
+        let unit = |h: &str, p: &str| t.find(h, p).map(|r| r.unit.as_str());
+        assert_eq!(unit("www.example.com", "/api/x"), Some("exact"));
+        assert_eq!(unit("a.b.example.com", "/"), Some("wild"));
+        assert_eq!(unit("example.com", "/api"), Some("api"));
+        assert_eq!(unit("other", "/api/v1"), Some("api"));
+        assert_eq!(unit("other", "/apiary"), Some("any"));
+        let only_api = RouteTable {
+            routes: vec![route("api", None, "/api", 1, BalancePolicy::RoundRobin)],
+        };
+        assert!(only_api.find("x", "/").is_none());
+    }
+
+    /// Round robin spreads; least_conn prefers the idle upstream; exclusion and down-marking
+    /// are respected.
+    #[test]
+    fn picking() {
+        let r = route("w", None, "/", 3, BalancePolicy::RoundRobin);
+        let picks: Vec<u16> = (0..6).map(|_| r.pick(None).unwrap().addr.port()).collect();
+        assert_eq!(picks, vec![1000, 1001, 1002, 1000, 1001, 1002]);
+
+        let lc = route("w", None, "/", 3, BalancePolicy::LeastConn);
+        let _g0 = InflightGuard::new(lc.upstreams[0].clone());
+        let _g1 = InflightGuard::new(lc.upstreams[1].clone());
+        for _ in 0..4 {
+            assert_eq!(lc.pick(None).unwrap().addr.port(), 1002);
+        }
+        let first = lc.upstreams[2].clone();
+        assert_ne!(lc.pick(Some(&first)).unwrap().addr.port(), 1002);
+
+        let s = spec(None, "/", BalancePolicy::RoundRobin);
+        r.upstreams[1].record_failure(&s);
+        assert!(!r.upstreams[1].is_down(), "one failure of max_fails = 2");
+        r.upstreams[1].record_failure(&s);
+        assert!(r.upstreams[1].is_down());
+        assert!((0..6).all(|_| r.pick(None).unwrap().addr.port() != 1001));
+    }
+}

@@ -1,0 +1,187 @@
+//! `[[route]]`: how the proxy reaches the unit's ready instances.
+
+use crate::unit::decode::{Decoder, Field, Table};
+use crate::unit::file::defaults;
+use crate::unit::spec::{BalancePolicy, RouteSpec};
+
+pub(crate) fn decode_routes(d: &mut Decoder<'_>, f: &Field<'_, '_>) -> Vec<RouteSpec> {
+    let hint = Some("write each route as its own [[route]] table".to_string());
+    let Some(tables) = f.tables(d, hint) else {
+        return Vec::new();
+    };
+    tables
+        .into_iter()
+        .filter_map(|t| decode_route(d, t))
+        .collect()
+}
+
+fn decode_route(d: &mut Decoder<'_>, mut t: Table<'_, '_>) -> Option<RouteSpec> {
+    let mut ok = true;
+    let host = match t.take(d, "host") {
+        Some(f) => match f.string(d) {
+            Some(h) => match check_host(&h) {
+                Ok(h) => Some(h),
+                Err((message, hint)) => {
+                    f.error(d, message, hint);
+                    ok = false;
+                    None
+                }
+            },
+            None => {
+                ok = false;
+                None
+            }
+        },
+        None => None,
+    };
+    let path = match t.take(d, "path") {
+        Some(f) => match f.string(d) {
+            Some(p)
+                if p.starts_with('/')
+                    && !p.chars().any(|c| c.is_whitespace() || c == '?' || c == '#') =>
+            {
+                p
+            }
+            Some(p) => {
+                let hint = if p.starts_with('/') {
+                    "a path prefix has no spaces, query (`?`) or fragment (`#`)".to_string()
+                } else {
+                    format!("write path = \"/{}\"", p.trim_start_matches('/'))
+                };
+                f.error(
+                    d,
+                    format!("invalid route path {p:?}: it must start with `/`"),
+                    Some(hint),
+                );
+                ok = false;
+                String::new()
+            }
+            None => {
+                ok = false;
+                String::new()
+            }
+        },
+        None => "/".to_string(),
+    };
+    let strip_prefix = t
+        .take(d, "strip_prefix")
+        .and_then(|f| f.bool(d))
+        .unwrap_or(false);
+    let policy = match t.take(d, "policy") {
+        Some(f) => match f.choice(
+            d,
+            "balancing policy",
+            &BalancePolicy::ALL,
+            &[
+                ("least_conn", "least_conn"),
+                ("leastconn", "least_conn"),
+                ("roundrobin", "round_robin"),
+                ("rr", "round_robin"),
+            ],
+        ) {
+            Some("least_conn") => BalancePolicy::LeastConn,
+            Some(_) => BalancePolicy::RoundRobin,
+            None => {
+                ok = false;
+                BalancePolicy::RoundRobin
+            }
+        },
+        None => BalancePolicy::RoundRobin,
+    };
+    let mut duration =
+        |t: &mut Table<'_, '_>, d: &mut Decoder<'_>, key: &'static str, default| match t
+            .take(d, key)
+        {
+            Some(f) => f.positive_duration(d).unwrap_or_else(|| {
+                ok = false;
+                default
+            }),
+            None => default,
+        };
+    let connect_timeout = duration(
+        &mut t,
+        d,
+        "connect_timeout",
+        defaults::ROUTE_CONNECT_TIMEOUT,
+    );
+    let timeout = duration(&mut t, d, "timeout", defaults::ROUTE_TIMEOUT);
+    let fail_timeout = duration(&mut t, d, "fail_timeout", defaults::ROUTE_FAIL_TIMEOUT);
+    let max_body = match t.take(d, "max_body") {
+        Some(f) => f.size(d).unwrap_or_else(|| {
+            ok = false;
+            0
+        }),
+        None => defaults::ROUTE_MAX_BODY,
+    };
+    let max_fails = match t.take(d, "max_fails") {
+        Some(f) => f.u32(d, 0, 1000).unwrap_or_else(|| {
+            ok = false;
+            0
+        }),
+        None => defaults::ROUTE_MAX_FAILS,
+    };
+    t.end(d);
+    ok.then_some(RouteSpec {
+        host,
+        path,
+        strip_prefix,
+        policy,
+        connect_timeout,
+        timeout,
+        max_body,
+        max_fails,
+        fail_timeout,
+    })
+}
+
+/// Lowercased host; `*.` only as the first label.
+fn check_host(h: &str) -> Result<String, (String, Option<String>)> {
+    let lower = h.trim().to_ascii_lowercase();
+    if lower.contains("://") || lower.contains('/') || lower.contains(':') {
+        let bare = lower
+            .split("://")
+            .last()
+            .unwrap_or("")
+            .split(['/', ':'])
+            .next()
+            .unwrap_or("");
+        return Err((
+            format!("invalid route host {h:?}: a host name only, without scheme, port or path"),
+            Some(format!("write host = {bare:?}")),
+        ));
+    }
+    let name = lower.strip_prefix("*.").unwrap_or(&lower);
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
+        let hint = if name.contains('*') {
+            "a wildcard is only allowed as the first label: \"*.example.com\"".to_string()
+        } else {
+            "host names are dot-separated labels of letters, digits and `-`".to_string()
+        };
+        return Err((format!("invalid route host {h:?}"), Some(hint)));
+    }
+    Ok(lower)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_host;
+
+    /// Hosts are lowercased; wildcards only lead; schemes and ports are refused with a fix.
+    #[test]
+    fn hosts() {
+        assert_eq!(check_host("API.Example.com").unwrap(), "api.example.com");
+        assert_eq!(check_host("*.example.com").unwrap(), "*.example.com");
+        assert!(check_host("a.*.example.com").is_err());
+        let (_, hint) = check_host("https://example.com:443/x").unwrap_err();
+        assert_eq!(hint.unwrap(), "write host = \"example.com\"");
+        assert!(check_host("exa mple.com").is_err());
+        assert!(check_host("-bad.com").is_err());
+    }
+}
