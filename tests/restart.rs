@@ -100,3 +100,48 @@ fn policy_on_failure_and_never() {
         assert_eq!(i.restarts, 0);
     }
 }
+
+/// An immediate restart (delay 0) is not killed by the sweep of the previous incarnation's
+/// leftovers: every incarnation has its own tag.
+#[test]
+fn immediate_restart_survives_leftover_sweep() {
+    let marker = tempfile::tempdir().unwrap();
+    let unit = format!(
+        r#"port = "none"
+[process]
+command = "sh"
+args = ["-c", "if [ -f {m}/ran ]; then exec sleep 1000; else touch {m}/ran; sleep 1000 & exit 1; fi"]
+[restart]
+delay = "0s"
+"#,
+        m = marker.path().display()
+    );
+    let d = TestDaemon::start(&[("once", &unit)]);
+    let i = eventually(
+        Duration::from_secs(15),
+        "second incarnation up for 2s",
+        || {
+            let i = d.instances("once").pop()?;
+            (i.restarts == 1 && i.state == "running" && i.uptime_secs? >= 2).then_some(i)
+        },
+    );
+    assert!(alive(i.pid.unwrap()));
+    // The first incarnation's background child was swept: nothing holds its FIFO any more.
+    let run = d.root.join("run/once");
+    eventually(
+        Duration::from_secs(10),
+        "first incarnation's leftovers gone",
+        || {
+            let held = std::fs::read_dir("/proc").unwrap().flatten().any(|p| {
+                std::fs::read_dir(p.path().join("fd")).is_ok_and(|fds| {
+                    fds.flatten().any(|fd| {
+                        std::fs::read_link(fd.path()).is_ok_and(|l| {
+                            l.starts_with(&run) && l.to_string_lossy().contains(".0.out")
+                        })
+                    })
+                })
+            });
+            (!held).then_some(())
+        },
+    );
+}

@@ -16,6 +16,8 @@ use super::wire::{ApiError, ErrorBody, ErrorCode};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error("permission denied on {path}: the socket is for root, the daemon's user and members of group chain")]
+    Denied { path: String },
     #[error("no daemon answers at {path} ({source}); start it with `chaind`, or point chainctl at its socket with --socket or CHAIN_SOCKET")]
     Connect {
         path: String,
@@ -110,12 +112,19 @@ impl Client {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<Response<Incoming>, Error> {
-        let stream = UnixStream::connect(&self.socket)
-            .await
-            .map_err(|source| Error::Connect {
-                path: self.socket.display().to_string(),
-                source,
-            })?;
+        let socket = self.socket.display().to_string();
+        let stream = UnixStream::connect(&self.socket).await.map_err(|source| {
+            if source.kind() == std::io::ErrorKind::PermissionDenied {
+                Error::Denied {
+                    path: socket.clone(),
+                }
+            } else {
+                Error::Connect {
+                    path: socket.clone(),
+                    source,
+                }
+            }
+        })?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| self.protocol(&e.to_string()))?;

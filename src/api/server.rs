@@ -71,16 +71,18 @@ impl Access {
     }
 }
 
-/// Accepts connections until `stop` is cancelled. Each connection is served on its own task.
+/// Accepts connections until `stop_accepting` is cancelled; open connections (streams, waiting
+/// calls) are served until `close` is cancelled. Each connection runs on its own task.
 pub async fn serve<C: ControlPlane>(
     listener: UnixListener,
     cp: C,
     access: Access,
-    stop: CancellationToken,
+    stop_accepting: CancellationToken,
+    close: CancellationToken,
 ) {
     loop {
         let (stream, _) = tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = stop_accepting.cancelled() => return,
             r = listener.accept() => match r {
                 Ok(s) => s,
                 Err(e) => {
@@ -92,7 +94,7 @@ pub async fn serve<C: ControlPlane>(
         let cred = stream.peer_cred().ok();
         let cp = cp.clone();
         let access = access.clone();
-        let stop = stop.clone();
+        let stop = close.clone();
         tokio::spawn(async move {
             let allowed = cred.is_some_and(|c| access.allows(c.uid(), c.gid(), c.pid()));
             let svc = hyper::service::service_fn(move |req| {
@@ -129,8 +131,12 @@ async fn handle<C: ControlPlane>(
         return Err(not_found(&path));
     };
     let segs: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
-    let method = req.method().clone();
-    if method != Method::GET && method != Method::HEAD && !allowed {
+    // HEAD is answered as GET (hyper drops the body).
+    let method = match req.method() {
+        &Method::HEAD => Method::GET,
+        m => m.clone(),
+    };
+    if method != Method::GET && !allowed {
         return Err(ApiError {
             code: ErrorCode::Forbidden,
             message: "this call changes state: allowed for root, the daemon's user and members of the chain group".into(),
@@ -167,7 +173,13 @@ async fn handle<C: ControlPlane>(
             json(&cp.unit_action(name, action, wait).await?)
         }
         (&Method::GET, ["events"]) => events(&cp, &query),
-        (_, ["version" | "instances" | "units" | "events" | "apply", ..]) => Err(ApiError {
+        (
+            _,
+            ["version" | "instances" | "events" | "apply"]
+            | ["units"]
+            | ["units", _]
+            | ["units", _, "spec" | "logs" | "start" | "stop" | "restart" | "reload"],
+        ) => Err(ApiError {
             code: ErrorCode::MethodNotAllowed,
             message: format!("{method} is not allowed on {path}"),
         }),

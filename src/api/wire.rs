@@ -21,13 +21,14 @@ pub enum ErrorCode {
     UnitNotFound,
     /// The unit's file has errors and there is no earlier good version to act on.
     UnitInvalid,
-    /// Unit files failed validation during `apply` (the good ones were still applied).
-    InvalidUnits,
     /// A reload or start did not complete: an instance failed.
     OperationFailed,
     /// The daemon is shutting down.
     ShuttingDown,
     Internal,
+    /// A code this client does not know (sent by a newer daemon).
+    #[serde(other)]
+    Unknown,
 }
 
 impl ErrorCode {
@@ -37,10 +38,10 @@ impl ErrorCode {
             Self::Forbidden => 403,
             Self::NotFound | Self::UnitNotFound => 404,
             Self::MethodNotAllowed => 405,
-            Self::UnitInvalid | Self::InvalidUnits => 422,
+            Self::UnitInvalid => 422,
             Self::OperationFailed => 409,
             Self::ShuttingDown => 503,
-            Self::Internal => 500,
+            Self::Internal | Self::Unknown => 500,
         }
     }
 }

@@ -9,7 +9,11 @@ use clap::Parser;
 
 /// Supervises processes from TOML unit files; controlled by chainctl over a Unix socket.
 #[derive(Parser, Debug)]
-#[command(name = "chaind", version, about)]
+#[command(
+    name = "chaind",
+    version,
+    about = "chain daemon: supervises processes from TOML unit files, proxies HTTP to them, and is driven by chainctl over a Unix socket"
+)]
 struct Args {
     /// State directory: store, logs, FIFOs and the socket DIR/chaind.sock.
     /// Default: /var/lib/chain as root, else $XDG_STATE_HOME/chain or ~/.local/state/chain.

@@ -46,6 +46,7 @@ pub enum Cmd {
     Status { unit: String },
     /// Start a stopped unit (also restarts failed instances).
     Start {
+        /// Unit name (the unit file's name without .toml).
         unit: String,
         /// Return at once instead of waiting until every instance is ready.
         #[arg(long)]
@@ -53,24 +54,31 @@ pub enum Cmd {
     },
     /// Stop every instance of a unit (stays stopped until `start`).
     Stop {
+        /// Unit name (the unit file's name without .toml).
         unit: String,
+        /// Return at once instead of waiting until the action completes.
         #[arg(long)]
         no_wait: bool,
     },
     /// Stop and start every instance at once.
     Restart {
+        /// Unit name (the unit file's name without .toml).
         unit: String,
+        /// Return at once instead of waiting until the action completes.
         #[arg(long)]
         no_wait: bool,
     },
     /// Replace instances one at a time, each next one only after the new one is ready.
     Reload {
+        /// Unit name (the unit file's name without .toml).
         unit: String,
+        /// Return at once instead of waiting until the action completes.
         #[arg(long)]
         no_wait: bool,
     },
     /// Show a unit's logs.
     Logs {
+        /// Unit name (the unit file's name without .toml).
         unit: String,
         /// Keep streaming new lines.
         #[arg(short, long)]
@@ -84,8 +92,10 @@ pub enum Cmd {
     },
     /// Show daemon events.
     Events {
+        /// Keep streaming new events.
         #[arg(short, long)]
         follow: bool,
+        /// Events of history.
         #[arg(short = 'n', long, default_value_t = 50)]
         lines: usize,
         /// Only this unit's events.

@@ -118,6 +118,7 @@ impl Daemon {
             bail!("the supervisor stopped during start-up");
         }
         let api_stop = CancellationToken::new();
+        let api_close = CancellationToken::new();
         let cp = Plane {
             handle: handle.clone(),
             info: Arc::new(VersionInfo {
@@ -141,9 +142,10 @@ impl Daemon {
         };
         {
             let stop = api_stop.clone();
+            let close = api_close.clone();
             let cp = cp.clone();
             tasks.spawn(async move {
-                server::serve(listener, cp, access, stop).await;
+                server::serve(listener, cp, access, stop, close).await;
                 "api"
             });
         }
@@ -169,7 +171,7 @@ impl Daemon {
             );
         }
 
-        // 1. Stop accepting API calls.
+        // 1. Stop accepting API connections (open ones get their answers below).
         api_stop.cancel();
         // 2. Stop or leave the workloads.
         let (done_tx, done_rx) = oneshot::channel();
@@ -182,8 +184,10 @@ impl Daemon {
         {
             let _ = done_rx.await;
         }
-        // 3. The proxy stops once the workloads it drained are gone.
+        // 3. The proxy stops once the workloads it drained are gone, and the API connections
+        // still open (log followers, answered waiters) close.
         proxy_stop.cancel();
+        api_close.cancel();
         if let Some(t) = proxy_task {
             let _ = t.await;
         }
@@ -221,11 +225,14 @@ fn bind_socket(path: &Path, group: Option<u32>) -> anyhow::Result<UnixListener> 
     let listener =
         UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
     let mode = match group {
-        Some(gid) => {
-            std::os::unix::fs::chown(path, None, Some(gid))
-                .with_context(|| format!("giving {} to group {GROUP}", path.display()))?;
-            0o660
-        }
+        Some(gid) => match std::os::unix::fs::chown(path, None, Some(gid)) {
+            Ok(()) => 0o660,
+            // A non-root daemon outside the group cannot hand the socket to it: stay private.
+            Err(e) => {
+                tracing::warn!(socket = %path.display(), error = %e, "cannot give the socket to group {GROUP}; keeping it private (0600)");
+                0o600
+            }
+        },
         None => 0o600,
     };
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))

@@ -71,10 +71,9 @@ pub fn decide(
     next.restarts.retain(|t| horizon.is_none_or(|h| *t > h));
     if next.restarts.len() as u32 >= spec.max_restarts {
         let reason = format!(
-            "crash loop: {} restarts within {}, last {}",
+            "crash loop: {} restarts within {}",
             next.restarts.len(),
-            crate::unit::format_duration(spec.window),
-            status
+            crate::unit::format_duration(spec.window)
         );
         return (Decision::GiveUp { reason }, next);
     }

@@ -659,6 +659,9 @@ impl Supervisor {
                 done,
             } => {
                 self.shutdown_done = Some(done);
+                for w in self.waiters.drain(..) {
+                    let _ = w.reply.send(Err(shutting_down()));
+                }
                 if leave_running {
                     tracing::info!("shutting down, leaving workloads running");
                 } else {
@@ -1170,7 +1173,7 @@ impl Supervisor {
             spec: cur.spec.clone(),
             state: InstanceState::Pending,
             history: History::default(),
-            tag: format!("{}.{unit}.{index}.{gen}", self.store_id),
+            tag: incarnation_tag(&self.store_id, unit, index, gen, 0),
             port,
             proc: None,
             spawned_at: None,
@@ -1350,11 +1353,13 @@ impl Supervisor {
             }
         };
         let program = resolve_program(&spec.process.command, &unit_dir);
-        // Every incarnation gets fresh FIFOs: a reader of the previous one must never see the
-        // next process as a writer.
+        // Every incarnation gets fresh FIFOs and a fresh tag: a reader of the previous one must
+        // never see the next process as a writer, and the sweep of the previous one's leftovers
+        // (running in the background) must never find the next process.
+        let n = inst.restarts + u32::from(inst.spawned_at.is_some());
+        let tag = incarnation_tag(&self.store_id, unit, inst.index, gen, n);
         let (stdout, stderr) = {
             let dir = self.cfg.run_dir.join(unit);
-            let n = inst.restarts + u32::from(inst.spawned_at.is_some());
             (
                 dir.join(format!("{gen}.{n}.out")),
                 dir.join(format!("{gen}.{n}.err")),
@@ -1370,7 +1375,7 @@ impl Supervisor {
             user,
             stdout,
             stderr,
-            tag: inst.tag.clone(),
+            tag,
         };
         let result = self.driver.start(&pspec);
         let now = Instant::now();
@@ -1400,6 +1405,7 @@ impl Supervisor {
                     inst.restarts += 1;
                 }
                 inst.proc = Some(id);
+                inst.tag = pspec.tag.clone();
                 inst.stdout = pspec.stdout.clone();
                 inst.stderr = pspec.stderr.clone();
                 inst.spawned_at = Some(now);
@@ -1426,7 +1432,7 @@ impl Supervisor {
                     unit,
                     gen,
                     Event::SpawnFailed {
-                        error: e.to_string(),
+                        error: error_chain(&e),
                         permanent,
                     },
                 );
@@ -1994,6 +2000,27 @@ fn spawn_exit_watch(
             status,
         });
     });
+}
+
+/// An error and its sources, `outer: inner: innermost`, without repeating a source that the
+/// outer message already includes.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        src = s.source();
+    }
+    text
+}
+
+/// The tag of one incarnation (one process) of an instance: unique on the host.
+fn incarnation_tag(store_id: &str, unit: &str, index: u32, gen: u64, n: u32) -> String {
+    format!("{store_id}.{unit}.{index}.{gen}.{n}")
 }
 
 /// SIGKILLs whatever is left of an instance's process tree, off the supervisor task (it scans
