@@ -217,3 +217,19 @@ fn chaind_help() -> String {
     assert!(out.status.success(), "chaind --help failed: {out:?}");
     String::from_utf8(out.stdout).expect("chaind --help prints UTF-8")
 }
+
+/// Every key of chaind.toml is documented in docs/config.md.
+#[test]
+fn config_md_covers_every_key() {
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/config.md")).unwrap();
+    let missing: Vec<&str> = chain::config::KEYS
+        .iter()
+        .copied()
+        .filter(|k| !doc.contains(&format!("### `{k}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "keys missing from docs/config.md: {missing:?}"
+    );
+}

@@ -68,6 +68,9 @@ pub struct VersionInfo {
     /// Address of the HTTP proxy listener, when there is one.
     #[serde(default)]
     pub http: Option<String>,
+    /// Address of the HTTPS proxy listener, when there is one.
+    #[serde(default)]
+    pub https: Option<String>,
 }
 
 /// One row of `chainctl ls`.

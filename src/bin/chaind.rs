@@ -22,15 +22,24 @@ struct Args {
     /// Units directory. Default: DIR/units with --root, else /etc/chain/units as root, else ./units.
     #[arg(long, value_name = "PATH")]
     units: Option<PathBuf>,
-    /// Ports handed to instances with `port = "auto"`.
-    #[arg(long, value_name = "START-END", default_value = "20000-29999", value_parser = parse_range)]
-    port_range: (u16, u16),
+    /// chaind's configuration file (docs/config.md). Default: DIR/chaind.toml (optional).
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Ports handed to instances with `port = "auto"` (overrides port_range in chaind.toml;
+    /// default 20000-29999).
+    #[arg(long, value_name = "START-END", value_parser = parse_range)]
+    port_range: Option<(u16, u16)>,
     /// Env profile applied to units that define it, until `chainctl apply --profile` changes it.
     #[arg(long, value_name = "NAME")]
     profile: Option<String>,
-    /// Serve the proxy's plain-HTTP listener on this address (e.g. 0.0.0.0:80).
+    /// Serve the proxy's plain-HTTP listener on this address (e.g. 0.0.0.0:80); overrides
+    /// proxy.http in chaind.toml.
     #[arg(long, value_name = "ADDR")]
     http: Option<std::net::SocketAddr>,
+    /// Serve the proxy's HTTPS listener on this address (e.g. 0.0.0.0:443); overrides
+    /// proxy.https in chaind.toml.
+    #[arg(long, value_name = "ADDR")]
+    https: Option<std::net::SocketAddr>,
     /// On SIGTERM, leave workloads running for the next chaind to re-adopt.
     #[arg(long)]
     leave_running: bool,
@@ -63,16 +72,43 @@ fn main() -> anyhow::Result<()> {
     let units_dir = args
         .units
         .unwrap_or_else(|| chain::paths::default_units_dir(root_given, &root));
+    let config_path = args.config.unwrap_or_else(|| root.join("chaind.toml"));
+    let mut settings = match chain::config::load(&config_path, &root) {
+        Ok(s) => s,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            anyhow::bail!(
+                "{} has {} problem(s); chaind did not start",
+                config_path.display(),
+                errors.len()
+            );
+        }
+    };
+    if let Some(r) = args.port_range {
+        settings.port_range = r;
+    }
+    if args.http.is_some() {
+        settings.proxy.http = args.http;
+    }
+    if args.https.is_some() {
+        settings.proxy.https = args.https;
+    }
+    let threads = settings.worker_threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get().min(2))
+            .unwrap_or(1)
+    });
     let cfg = Config {
         root,
         units_dir,
-        port_range: args.port_range,
         profile: args.profile,
         leave_running: args.leave_running,
-        http: args.http,
+        settings,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(threads)
         .max_blocking_threads(8)
         .enable_all()
         .build()

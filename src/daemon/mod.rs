@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::server::{self, Access, ControlPlane};
 use crate::api::wire::*;
+use crate::proxy::tls::CertStore;
 use crate::reconcile::snapshot::Snapshot;
 use crate::reconcile::supervisor::{Command, Config as SupConfig, Supervisor, SupervisorHandle};
 use crate::store::{EventRecord, Store};
@@ -30,12 +31,11 @@ pub const GROUP: &str = "chain";
 pub struct Config {
     pub root: PathBuf,
     pub units_dir: PathBuf,
-    pub port_range: (u16, u16),
     pub profile: Option<String>,
     /// On shutdown, leave workloads running (they are re-adopted by the next chaind).
     pub leave_running: bool,
-    /// Plain-HTTP proxy listener; None = no proxy.
-    pub http: Option<std::net::SocketAddr>,
+    /// chaind.toml, with command-line overrides applied.
+    pub settings: crate::config::Config,
 }
 
 impl Config {
@@ -73,7 +73,7 @@ impl Daemon {
             units_dir: units_dir.clone(),
             logs_dir: cfg.root.join("logs"),
             run_dir: cfg.root.join("run"),
-            port_range: cfg.port_range,
+            port_range: cfg.settings.port_range,
             cpus: chain_agent::host::cpu_count(),
             profile: cfg.profile.clone(),
         };
@@ -82,16 +82,45 @@ impl Daemon {
         // Listeners are created here and only here, so that handing them to a successor chaind
         // (SCM_RIGHTS) stays a local change.
         let proxy_stop = CancellationToken::new();
-        let mut proxy_task = None;
-        let mut http_addr = None;
-        if let Some(addr) = cfg.http {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding the HTTP listener on {addr}"))?;
-            let mut proxy = crate::proxy::Proxy::new(handle.snapshot.clone());
-            proxy_task = Some(proxy.serve_http(listener, proxy_stop.clone()));
-            http_addr = proxy.http_addr;
-            tracing::info!(addr = ?http_addr, "proxy listening (http)");
+        let mut proxy_tasks = Vec::new();
+        let (mut http_addr, mut https_addr) = (None, None);
+        let mut _cert_watch = None;
+        let pcfg = &cfg.settings.proxy;
+        if pcfg.http.is_some() || pcfg.https.is_some() {
+            let http = match pcfg.http {
+                Some(addr) => Some(
+                    tokio::net::TcpListener::bind(addr)
+                        .await
+                        .with_context(|| format!("binding the HTTP listener on {addr}"))?,
+                ),
+                None => None,
+            };
+            let https = match pcfg.https {
+                Some(addr) => {
+                    let listener = tokio::net::TcpListener::bind(addr)
+                        .await
+                        .with_context(|| format!("binding the HTTPS listener on {addr}"))?;
+                    let (certs, errors) =
+                        CertStore::new(&cfg.settings.certificates, &cfg.root.join("tls"));
+                    for e in errors {
+                        tracing::error!("{e}");
+                    }
+                    _cert_watch = watch_certificates(&certs);
+                    Some((listener, certs))
+                }
+                None => None,
+            };
+            let (proxy, tasks) = crate::proxy::Proxy::start(
+                handle.snapshot.clone(),
+                http,
+                https,
+                pcfg,
+                proxy_stop.clone(),
+            )
+            .context("starting the proxy")?;
+            (http_addr, https_addr) = (proxy.http_addr, proxy.https_addr);
+            tracing::info!(http = ?http_addr, https = ?https_addr, "proxy listening");
+            proxy_tasks = tasks;
             supervisor.set_proxy(proxy);
         }
 
@@ -128,6 +157,7 @@ impl Daemon {
                 units_dir: units_dir.display().to_string(),
                 profile: None,
                 http: http_addr.map(|a| a.to_string()),
+                https: https_addr.map(|a| a.to_string()),
             }),
             logs_dir: sup_cfg.logs_dir.clone(),
             events: {
@@ -188,7 +218,7 @@ impl Daemon {
         // still open (log followers, answered waiters) close.
         proxy_stop.cancel();
         api_close.cancel();
-        if let Some(t) = proxy_task {
+        for t in proxy_tasks {
             let _ = t.await;
         }
         while let Some(r) = tasks.join_next().await {
@@ -427,6 +457,37 @@ fn event_info(ev: &EventRecord) -> EventInfo {
         instance: ev.instance,
         kind: ev.kind.clone(),
         message: ev.message.clone(),
+    }
+}
+
+/// Reloads the certificate files when their directories change; a file that fails keeps its
+/// previous version and is reported.
+fn watch_certificates(certs: &Arc<CertStore>) -> Option<DirWatch> {
+    let dirs = certs.watched_dirs();
+    if dirs.is_empty() {
+        return None;
+    }
+    let store = certs.clone();
+    let opts = WatchOptions {
+        paths: dirs,
+        recursive: false,
+        ignore: vec![],
+        debounce: Duration::from_millis(200),
+    };
+    match DirWatch::start(opts, move |path| {
+        let errors = store.reload();
+        if errors.is_empty() {
+            tracing::info!(changed = %path.display(), "certificates reloaded");
+        }
+        for e in errors {
+            tracing::error!("{e}; keeping the previous version");
+        }
+    }) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch certificate files; they will not be reloaded");
+            None
+        }
     }
 }
 

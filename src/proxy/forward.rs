@@ -16,7 +16,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri};
 
-use super::table::{InflightGuard, Route, Upstream};
+use super::table::{InflightGuard, Route};
 use super::Shared;
 
 pub type BoxError = Box<dyn StdError + Send + Sync>;
@@ -36,12 +36,19 @@ const HOP_BY_HOP: [&str; 8] = [
 
 static REQUEST_SEQ: AtomicU64 = AtomicU64::new(0);
 
+/// The client connection a request came in on.
+#[derive(Debug, Clone, Copy)]
+pub struct Conn {
+    pub peer: SocketAddr,
+    pub https: bool,
+}
+
 pub async fn handle(
     shared: Arc<Shared>,
-    peer: SocketAddr,
+    conn: Conn,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    Ok(match forward(&shared, peer, req).await {
+    Ok(match forward(&shared, conn, req).await {
         Ok(resp) => resp,
         Err(status) => plain(status),
     })
@@ -49,33 +56,46 @@ pub async fn handle(
 
 async fn forward(
     shared: &Shared,
-    peer: SocketAddr,
+    conn: Conn,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, StatusCode> {
     let host = request_host(&req).unwrap_or_default();
     let path = req.uri().path().to_string();
     // Pick while holding the table; the guard keeps the upstream counted after the table goes.
-    let (route_spec, first, retry_pool) = {
-        let table = shared.table.load_full();
+    let (spec, rules, first) = {
+        let table = shared.table.load();
         let route = table.find(&host, &path).ok_or(StatusCode::NOT_FOUND)?;
+        if !conn.https {
+            if let Some(location) = https_redirect(shared, route, &host, req.uri()) {
+                return Ok(redirect(req.method(), &location));
+            }
+        }
         let Some(up) = route.pick(None) else {
             return Err(StatusCode::SERVICE_UNAVAILABLE);
         };
-        let guard = InflightGuard::new(up);
-        (route.spec.clone(), guard, RetryPool::of(route))
+        (
+            route.spec.clone(),
+            route.response_headers.clone(),
+            InflightGuard::new(up),
+        )
     };
 
     if let Some(len) = content_length(req.headers()) {
-        if len > route_spec.max_body {
+        if len > spec.max_body {
             return Err(StatusCode::PAYLOAD_TOO_LARGE);
         }
     }
     let replayable = is_idempotent(req.method()) && has_no_body(&req);
     let (parts, body) = req.into_parts();
-    let body: ProxyBody = Limited::new(body, route_spec.max_body as usize).boxed();
-    let upstream_path = rewrite_path(&parts.uri, &route_spec.path, route_spec.strip_prefix);
-    let headers = forwarded_headers(&parts.headers, peer, &host);
-    let client = shared.client(route_spec.connect_timeout);
+    let body: ProxyBody = Limited::new(body, spec.max_body as usize).boxed();
+    let upstream_path = rewrite_path(&parts.uri, &spec.path, spec.strip_prefix);
+    let headers = forwarded_headers(
+        &parts.headers,
+        conn,
+        &host,
+        parts.uri.authority().map(|a| a.as_str()),
+    );
+    let client = shared.client(spec.connect_timeout);
 
     let mut guard = first;
     let mut body = Some(body);
@@ -91,26 +111,34 @@ async fn forward(
         if let Some(h) = out.headers_mut() {
             *h = headers.clone();
         }
-        let req_body = body.take().unwrap_or_else(|| empty_body());
+        let req_body = body.take().unwrap_or_else(empty_body);
         let out = out.body(req_body).map_err(|_| StatusCode::BAD_REQUEST)?;
-        match tokio::time::timeout(route_spec.timeout, client.request(out)).await {
+        match tokio::time::timeout(spec.timeout, client.request(out)).await {
             Err(_) => {
-                up.record_failure(&route_spec);
+                up.record_failure(&spec);
                 return Err(StatusCode::GATEWAY_TIMEOUT);
             }
             Ok(Ok(resp)) => {
                 up.record_success();
-                return Ok(response(resp, guard));
+                let mut resp = response(resp, guard);
+                security_headers(resp.headers_mut(), conn.https, &host, &rules);
+                return Ok(resp);
             }
             Ok(Err(e)) => {
                 if body_too_large(&e) {
                     return Err(StatusCode::PAYLOAD_TOO_LARGE);
                 }
-                up.record_failure(&route_spec);
+                up.record_failure(&spec);
                 tracing::debug!(unit = %up.unit, addr = %up.addr, error = %e, attempt, "upstream request failed");
-                // Only a request that never reached the instance, without a body, is retried.
+                // Only a request that never reached the instance, without a body, is retried,
+                // on another instance of the route as the current table has it.
                 if attempt == 0 && replayable && e.is_connect() {
-                    if let Some(next) = retry_pool.pick(&up) {
+                    let next = shared
+                        .table
+                        .load()
+                        .find(&host, &path)
+                        .and_then(|r| r.pick(Some(&up)));
+                    if let Some(next) = next {
                         guard = InflightGuard::new(next);
                         continue;
                     }
@@ -122,26 +150,88 @@ async fn forward(
     Err(StatusCode::BAD_GATEWAY)
 }
 
-/// The upstreams of the route at pick time, for one retry after a failed connect.
-struct RetryPool {
-    route: Option<Route>,
+/// Where to send a plain-HTTP request instead, when its route wants HTTPS: `https_redirect`,
+/// or by default when the host has a certificate and an HTTPS listener runs.
+fn https_redirect(shared: &Shared, route: &Route, host: &str, uri: &Uri) -> Option<String> {
+    let certs = shared.certs.as_ref()?;
+    let port = shared.https_port?;
+    let wanted = route
+        .spec
+        .https_redirect
+        .unwrap_or_else(|| certs.has_cert(host));
+    if !wanted || host.is_empty() {
+        return None;
+    }
+    let authority = if port == 443 {
+        host.to_string()
+    } else {
+        format!("{host}:{port}")
+    };
+    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    Some(format!("https://{authority}{path}"))
 }
 
-impl RetryPool {
-    fn of(route: &Route) -> RetryPool {
-        RetryPool {
-            route: (route.upstreams.len() > 1).then(|| Route {
-                unit: route.unit.clone(),
-                host: route.host.clone(),
-                spec: route.spec.clone(),
-                upstreams: route.upstreams.clone(),
-                cursor: route.cursor.clone(),
-            }),
-        }
+fn redirect(method: &Method, location: &str) -> Response<ProxyBody> {
+    // 301 for reads, as nginx does; 308 keeps the method and body of anything else.
+    let status = if matches!(*method, Method::GET | Method::HEAD) {
+        StatusCode::MOVED_PERMANENTLY
+    } else {
+        StatusCode::PERMANENT_REDIRECT
+    };
+    let mut r = plain(status);
+    if let Ok(v) = HeaderValue::from_str(location) {
+        r.headers_mut().insert(header::LOCATION, v);
     }
+    r
+}
 
-    fn pick(&self, failed: &Arc<Upstream>) -> Option<Arc<Upstream>> {
-        self.route.as_ref()?.pick(Some(failed))
+/// Parses a route's `headers` table once per table build.
+pub fn parse_header_rules(
+    h: &std::collections::BTreeMap<String, String>,
+) -> Vec<(HeaderName, Option<HeaderValue>)> {
+    h.iter()
+        .filter_map(|(k, v)| {
+            let name = HeaderName::from_bytes(k.as_bytes()).ok()?;
+            let value = if v.is_empty() {
+                None
+            } else {
+                Some(HeaderValue::from_str(v).ok()?)
+            };
+            Some((name, value))
+        })
+        .collect()
+}
+
+/// chain's defaults (when the app did not set them), then the route's own rules.
+fn security_headers(
+    h: &mut HeaderMap,
+    https: bool,
+    host: &str,
+    rules: &[(HeaderName, Option<HeaderValue>)],
+) {
+    h.entry("x-content-type-options")
+        .or_insert(HeaderValue::from_static("nosniff"));
+    h.entry("x-frame-options")
+        .or_insert(HeaderValue::from_static("SAMEORIGIN"));
+    // HSTS on HTTPS only, and never for localhost or an IP address: pinning those to HTTPS
+    // in a browser outlives any one app.
+    if https
+        && host != "localhost"
+        && host.parse::<std::net::IpAddr>().is_err()
+        && !host.starts_with('[')
+    {
+        h.entry("strict-transport-security")
+            .or_insert(HeaderValue::from_static("max-age=31536000"));
+    }
+    for (name, value) in rules {
+        match value {
+            Some(v) => {
+                h.insert(name.clone(), v.clone());
+            }
+            None => {
+                h.remove(name);
+            }
+        }
     }
 }
 
@@ -263,10 +353,21 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     h.remove(header::UPGRADE);
 }
 
-fn forwarded_headers(orig: &HeaderMap, peer: SocketAddr, host: &str) -> HeaderMap {
+fn forwarded_headers(
+    orig: &HeaderMap,
+    conn: Conn,
+    host: &str,
+    authority: Option<&str>,
+) -> HeaderMap {
     let mut h = orig.clone();
     strip_hop_by_hop(&mut h);
-    let ip = peer.ip().to_string();
+    // HTTP/2 clients send no Host header, only :authority; the app gets it as Host.
+    if !h.contains_key(header::HOST) {
+        if let Some(v) = authority.and_then(|a| HeaderValue::from_str(a).ok()) {
+            h.insert(header::HOST, v);
+        }
+    }
+    let ip = conn.peer.ip().to_string();
     let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
         Some(prev) => format!("{prev}, {ip}"),
         None => ip,
@@ -274,7 +375,10 @@ fn forwarded_headers(orig: &HeaderMap, peer: SocketAddr, host: &str) -> HeaderMa
     if let Ok(v) = HeaderValue::from_str(&xff) {
         h.insert("x-forwarded-for", v);
     }
-    h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    h.insert(
+        "x-forwarded-proto",
+        HeaderValue::from_static(if conn.https { "https" } else { "http" }),
+    );
     if let Ok(v) = HeaderValue::from_str(host) {
         h.insert("x-forwarded-host", v);
     }
@@ -355,7 +459,11 @@ mod tests {
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
         h.insert("accept", HeaderValue::from_static("*/*"));
-        let out = forwarded_headers(&h, "192.0.2.7:5000".parse().unwrap(), "example.com");
+        let conn = Conn {
+            peer: "192.0.2.7:5000".parse().unwrap(),
+            https: true,
+        };
+        let out = forwarded_headers(&h, conn, "example.com", Some("example.com"));
         assert!(
             out.get("x-secret").is_none()
                 && out.get("connection").is_none()
@@ -365,5 +473,7 @@ mod tests {
         assert_eq!(out["x-forwarded-host"], "example.com");
         assert_eq!(out["accept"], "*/*");
         assert!(out.contains_key("x-request-id"));
+        assert_eq!(out["x-forwarded-proto"], "https");
+        assert_eq!(out["host"], "example.com");
     }
 }

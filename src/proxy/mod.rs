@@ -10,7 +10,9 @@
 //!   timeout), so an instance that is stopped after draining drops no request.
 
 mod forward;
+pub mod listen;
 pub mod table;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -21,11 +23,12 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::ProxyConfig;
 use crate::reconcile::snapshot::Snapshot;
 use forward::ProxyBody;
 pub use table::RouteTable;
@@ -41,6 +44,11 @@ pub struct Shared {
     /// Every upstream any table has used and that may still be in use. Only the builder and
     /// drains touch it, never the request path.
     registry: Mutex<HashMap<(String, u64), Arc<Upstream>>>,
+    /// Certificates, when an HTTPS listener runs: HTTP requests for hosts that have one are
+    /// redirected to HTTPS.
+    certs: Option<Arc<tls::CertStore>>,
+    /// Port of the HTTPS listener, for redirect locations.
+    https_port: Option<u16>,
 }
 
 impl Shared {
@@ -65,11 +73,12 @@ fn new_client(connect_timeout: Duration) -> HttpClient {
         .build(http)
 }
 
-/// Handle to the proxy: drains, and the address it listens on.
+/// Handle to the proxy: drains, and the addresses it listens on.
 #[derive(Clone)]
 pub struct Proxy {
     shared: Arc<Shared>,
     pub http_addr: Option<SocketAddr>,
+    pub https_addr: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,28 +90,56 @@ pub enum DrainOutcome {
 }
 
 impl Proxy {
-    /// Binds nothing; starts the table builder on `snapshots`.
-    pub fn new(snapshots: watch::Receiver<Arc<Snapshot>>) -> Proxy {
+    /// Starts the table builder on `snapshots` and serves the given listeners (created by the
+    /// daemon) until `stop`. With `https`, `certs` must be given.
+    pub fn start(
+        snapshots: watch::Receiver<Arc<Snapshot>>,
+        http: Option<TcpListener>,
+        https: Option<(TcpListener, Arc<tls::CertStore>)>,
+        cfg: &ProxyConfig,
+        stop: CancellationToken,
+    ) -> Result<(Proxy, Vec<tokio::task::JoinHandle<()>>), rustls::Error> {
+        let http_addr = http.as_ref().and_then(|l| l.local_addr().ok());
+        let https_addr = https.as_ref().and_then(|(l, _)| l.local_addr().ok());
         let shared = Arc::new(Shared {
             table: ArcSwap::from_pointee(RouteTable::default()),
             clients: ArcSwap::from_pointee(HashMap::new()),
             registry: Mutex::new(HashMap::new()),
+            certs: https.as_ref().map(|(_, c)| c.clone()),
+            https_port: https_addr.map(|a| a.port()),
         });
-        tokio::spawn(build_tables(shared.clone(), snapshots));
-        Proxy {
-            shared,
-            http_addr: None,
+        let mut tasks = vec![tokio::spawn(build_tables(shared.clone(), snapshots))];
+        // One limiter for both listeners: the limit is per client, whatever the scheme.
+        let limiter = listen::ConnLimiter::new(cfg.max_connections_per_ip);
+        if let Some(l) = http {
+            tasks.push(tokio::spawn(listen::serve(
+                l,
+                shared.clone(),
+                None,
+                cfg.clone(),
+                limiter.clone(),
+                stop.clone(),
+            )));
         }
-    }
-
-    /// Serves HTTP on `listener` until `stop` is cancelled.
-    pub fn serve_http(
-        &mut self,
-        listener: TcpListener,
-        stop: CancellationToken,
-    ) -> tokio::task::JoinHandle<()> {
-        self.http_addr = listener.local_addr().ok();
-        tokio::spawn(serve(listener, self.shared.clone(), stop))
+        if let Some((l, certs)) = https {
+            let acceptor = listen::tls_acceptor(&certs)?;
+            tasks.push(tokio::spawn(listen::serve(
+                l,
+                shared.clone(),
+                Some(acceptor),
+                cfg.clone(),
+                limiter,
+                stop,
+            )));
+        }
+        Ok((
+            Proxy {
+                shared,
+                http_addr,
+                https_addr,
+            },
+            tasks,
+        ))
     }
 
     /// Waits until the instance receives no traffic: it is in no route table and no request
@@ -220,50 +257,12 @@ fn build(
             routes.push(Route {
                 unit: name.clone(),
                 host: r.host.as_deref().map(HostPattern::parse),
-                spec: r.clone(),
+                spec: Arc::new(r.clone()),
+                response_headers: Arc::new(forward::parse_header_rules(&r.headers)),
                 upstreams: upstreams.clone(),
                 cursor,
             });
         }
     }
     RouteTable { routes }
-}
-
-async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(s) => s,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "proxy accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let svc =
-                hyper::service::service_fn(move |req| forward::handle(shared.clone(), peer, req));
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), svc);
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => if let Err(e) = r {
-                    tracing::debug!(error = %e, %peer, "proxy connection ended");
-                },
-                _ = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(10), conn).await;
-                }
-            }
-        });
-    }
 }

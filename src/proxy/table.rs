@@ -132,7 +132,14 @@ impl HostPattern {
 pub struct Route {
     pub unit: String,
     pub host: Option<HostPattern>,
-    pub spec: RouteSpec,
+    pub spec: Arc<RouteSpec>,
+    /// `headers` from the spec, parsed once: None removes the header.
+    pub response_headers: Arc<
+        Vec<(
+            hyper::header::HeaderName,
+            Option<hyper::header::HeaderValue>,
+        )>,
+    >,
     pub upstreams: Vec<Arc<Upstream>>,
     /// Round-robin cursor, shared by every table built for this route.
     pub cursor: Arc<AtomicUsize>,
@@ -230,6 +237,8 @@ mod tests {
             max_body: 1024,
             max_fails: 2,
             fail_timeout: Duration::from_secs(10),
+            https_redirect: None,
+            headers: Default::default(),
         }
     }
 
@@ -238,7 +247,8 @@ mod tests {
         Route {
             unit: unit.into(),
             host: host.map(HostPattern::parse),
-            spec: spec(host, path, policy),
+            spec: Arc::new(spec(host, path, policy)),
+            response_headers: Arc::new(Vec::new()),
             upstreams: (0..n)
                 .map(|i| {
                     Arc::new(Upstream::new(

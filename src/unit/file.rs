@@ -79,6 +79,8 @@ pub const KEYS: &[&str] = &[
     "route.max_body",
     "route.max_fails",
     "route.fail_timeout",
+    "route.https_redirect",
+    "route.headers",
 ];
 
 /// Defaults of optional keys; docs/units.md states the same values.

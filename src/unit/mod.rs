@@ -11,9 +11,9 @@
 //! section with it, `syntax` reports TOML syntax errors, `section` holds one decoder per section, `hint` builds "did you mean" hints,
 //! `quantity` reads durations and sizes, `envfile` reads env files.
 
-mod decode;
+pub(crate) mod decode;
 mod envfile;
-mod error;
+pub(crate) mod error;
 mod file;
 mod hint;
 mod load;
@@ -23,7 +23,7 @@ mod revision;
 mod section;
 mod set;
 pub mod spec;
-mod syntax;
+pub(crate) mod syntax;
 
 pub use error::{Pos, UnitError};
 pub use file::{

@@ -69,6 +69,13 @@ pub struct RouteSpec {
     pub max_fails: u32,
     #[serde(with = "duration_str")]
     pub fail_timeout: Duration,
+    /// Redirect plain HTTP to HTTPS; None = when the host has a certificate.
+    #[serde(default)]
+    pub https_redirect: Option<bool>,
+    /// Response headers to set (overriding chain's defaults and the app's); an empty value
+    /// removes the header.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

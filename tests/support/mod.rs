@@ -75,6 +75,11 @@ impl TestDaemon {
     }
 
     pub fn start_with(units: &[(&str, &str)], args: &[&str]) -> TestDaemon {
+        Self::start_full(units, args, None)
+    }
+
+    /// With a chaind.toml (written into the root before chaind starts).
+    pub fn start_full(units: &[(&str, &str)], args: &[&str], config: Option<&str>) -> TestDaemon {
         let dir = tempfile::Builder::new()
             .prefix("chain-test-")
             .tempdir()
@@ -82,6 +87,10 @@ impl TestDaemon {
         let root = dir.path().join("root");
         let units_dir = dir.path().join("units");
         std::fs::create_dir_all(&units_dir).unwrap();
+        if let Some(text) = config {
+            std::fs::create_dir_all(&root).unwrap();
+            std::fs::write(root.join("chaind.toml"), text).unwrap();
+        }
         for (name, text) in units {
             std::fs::write(units_dir.join(format!("{name}.toml")), text).unwrap();
         }
@@ -354,6 +363,16 @@ impl TestDaemon {
             serde_json::from_str(&self.ctl_ok(&["version", "--json"])).unwrap();
         v.http
             .expect("daemon started without --http")
+            .parse()
+            .unwrap()
+    }
+
+    /// The proxy's HTTPS address.
+    pub fn https_addr(&self) -> std::net::SocketAddr {
+        let v: chain::api::wire::VersionInfo =
+            serde_json::from_str(&self.ctl_ok(&["version", "--json"])).unwrap();
+        v.https
+            .expect("daemon started without https")
             .parse()
             .unwrap()
     }

@@ -113,6 +113,49 @@ fn decode_route(d: &mut Decoder<'_>, mut t: Table<'_, '_>) -> Option<RouteSpec> 
         }),
         None => defaults::ROUTE_MAX_BODY,
     };
+    let https_redirect = t.take(d, "https_redirect").and_then(|f| {
+        let v = f.bool(d);
+        ok &= v.is_some();
+        v
+    });
+    let mut headers = std::collections::BTreeMap::new();
+    if let Some(f) = t.take(d, "headers") {
+        match f.table(d) {
+            Some(mut h) => {
+                for field in h.take_rest() {
+                    let name = field.name.to_string();
+                    let valid_name = !name.is_empty()
+                        && name
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+                    match field.string(d) {
+                        Some(_) if !valid_name => {
+                            field.key_error(
+                                d,
+                                format!("invalid header name {name:?}"),
+                                Some("header names are letters, digits and `-`".into()),
+                            );
+                            ok = false;
+                        }
+                        Some(v) if v.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) => {
+                            field.error(
+                                d,
+                                "a header value cannot contain line breaks or NUL",
+                                None,
+                            );
+                            ok = false;
+                        }
+                        Some(v) => {
+                            headers.insert(name.to_ascii_lowercase(), v);
+                        }
+                        None => ok = false,
+                    }
+                }
+                h.end(d);
+            }
+            None => ok = false,
+        }
+    }
     let max_fails = match t.take(d, "max_fails") {
         Some(f) => f.u32(d, 0, 1000).unwrap_or_else(|| {
             ok = false;
@@ -131,6 +174,8 @@ fn decode_route(d: &mut Decoder<'_>, mut t: Table<'_, '_>) -> Option<RouteSpec> 
         max_body,
         max_fails,
         fail_timeout,
+        https_redirect,
+        headers,
     })
 }
 

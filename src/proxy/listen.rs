@@ -1,0 +1,189 @@
+//! Accept loops for the HTTP and HTTPS listeners: per-IP connection limits, TLS handshakes
+//! with a deadline, and HTTP/1.1 + HTTP/2 serving (ALPN on TLS, prior knowledge on plain).
+//!
+//! The listening sockets themselves are created by `daemon` (one place), and handed in here.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use super::forward::{self, Conn};
+use super::Shared;
+use crate::config::ProxyConfig;
+
+/// Counts open connections per client IP; a connection over the limit is closed at once.
+#[derive(Debug, Default)]
+pub struct ConnLimiter {
+    limit: u32,
+    open: Mutex<HashMap<IpAddr, u32>>,
+}
+
+impl ConnLimiter {
+    pub fn new(limit: u32) -> Arc<ConnLimiter> {
+        Arc::new(ConnLimiter {
+            limit,
+            open: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A slot for `ip`, or None when it already has `limit` connections (0 = no limit).
+    pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Option<ConnSlot> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(ip).or_insert(0);
+        if self.limit != 0 && *n >= self.limit {
+            return None;
+        }
+        *n += 1;
+        Some(ConnSlot {
+            limiter: self.clone(),
+            ip,
+        })
+    }
+}
+
+pub struct ConnSlot {
+    limiter: Arc<ConnLimiter>,
+    ip: IpAddr,
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        let mut open = self.limiter.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Serves one listener until `stop`; then open connections get a graceful shutdown and up to
+/// 10 s to finish.
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    tls: Option<TlsAcceptor>,
+    cfg: ProxyConfig,
+    limiter: Arc<ConnLimiter>,
+    stop: CancellationToken,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(cfg.header_read_timeout)
+        .max_buf_size(cfg.max_header_size.max(8192) as usize)
+        .max_headers(cfg.max_headers as usize)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(cfg.max_header_size as u32)
+        .max_concurrent_streams(250)
+        .keep_alive_interval(Duration::from_secs(30));
+    let builder = Arc::new(builder);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "proxy accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Some(slot) = limiter.acquire(peer.ip()) else {
+            tracing::debug!(%peer, "connection refused: per-IP connection limit");
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let (shared, tls, stop, builder) =
+            (shared.clone(), tls.clone(), stop.clone(), builder.clone());
+        let handshake_timeout = cfg.handshake_timeout;
+        tokio::spawn(async move {
+            let _slot = slot;
+            match tls {
+                Some(acceptor) => {
+                    let Ok(Ok(tls_stream)) =
+                        tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await
+                    else {
+                        tracing::debug!(%peer, "TLS handshake failed or timed out");
+                        return;
+                    };
+                    let conn = Conn { peer, https: true };
+                    run(builder, TokioIo::new(tls_stream), shared, conn, stop).await;
+                }
+                None => {
+                    let conn = Conn { peer, https: false };
+                    run(builder, TokioIo::new(stream), shared, conn, stop).await;
+                }
+            }
+        });
+    }
+}
+
+async fn run<I>(
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    io: TokioIo<I>,
+    shared: Arc<Shared>,
+    conn: Conn,
+    stop: CancellationToken,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req| forward::handle(shared.clone(), conn, req));
+    let c = builder.serve_connection_with_upgrades(io, svc);
+    tokio::pin!(c);
+    tokio::select! {
+        r = c.as_mut() => if let Err(e) = r {
+            tracing::debug!(error = %e, peer = %conn.peer, "proxy connection ended");
+        },
+        _ = stop.cancelled() => {
+            c.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(10), c).await;
+        }
+    }
+}
+
+/// The rustls server configuration: TLS 1.2 and 1.3 only, ALPN h2 and http/1.1, certificates
+/// from the store's SNI resolver.
+pub fn tls_acceptor(certs: &Arc<super::tls::CertStore>) -> Result<TlsAcceptor, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_cert_resolver(certs.resolver());
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The limit holds per IP, and slots return on drop.
+    #[test]
+    fn per_ip_limit() {
+        let l = ConnLimiter::new(2);
+        let ip: IpAddr = [10, 0, 0, 1].into();
+        let a = l.acquire(ip).unwrap();
+        let _b = l.acquire(ip).unwrap();
+        assert!(l.acquire(ip).is_none());
+        assert!(l.acquire([10, 0, 0, 2].into()).is_some());
+        drop(a);
+        assert!(l.acquire(ip).is_some());
+        assert!(ConnLimiter::new(0).acquire(ip).is_some());
+    }
+}
