@@ -21,6 +21,8 @@
 //! - `GET /exit?code=N` → 200, then exits with code N once the response is flushed
 //! - `GET /pid` → 200 `{pid}\n`
 //! - `GET /sleeping` → 200 `{n}\n`, the number of `/sleep` requests in progress
+//! - `GET /text?bytes=N` → 200, N bytes of `text/plain` (for compression tests)
+//! - `GET /ws` → a WebSocket echo (RFC 6455): messages come back, pings get pongs
 //! - `GET /env?name=X` → 200 `{value}\n`, or 404 if X is unset (no %-decoding)
 //! - `POST /echo` → 200 with the request body (at most 16 MiB, else 413)
 //! - anything else → 404
@@ -134,6 +136,10 @@ type Resp = Response<Full<Bytes>>;
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Resp {
     let mut resp = Response::new(Full::new(body.into()));
     *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     resp
 }
 
@@ -145,16 +151,134 @@ fn query_param<'a>(query: Option<&'a str>, key: &str) -> Option<&'a str> {
         .find_map(|(k, v)| (k == key).then_some(v))
 }
 
+/// `GET /ws`: a WebSocket (RFC 6455) echo. Text and binary messages come back as they were
+/// sent, pings get pongs, a close is answered with a close.
+fn websocket(req: &mut Request<Incoming>) -> Resp {
+    use sha1::{Digest, Sha1};
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let is_ws = header("upgrade").is_some_and(|u| u.eq_ignore_ascii_case("websocket"));
+    let Some(key) = header("sec-websocket-key").filter(|_| is_ws) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "usage: GET /ws with a WebSocket handshake\n",
+        );
+    };
+    let mut sha = Sha1::new();
+    sha.update(key.trim().as_bytes());
+    sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    let accept = base64(&sha.finalize());
+    let on_upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        if let Ok(upgraded) = on_upgrade.await {
+            if let Err(e) = ws_echo(TokioIo::new(upgraded)).await {
+                if e.kind() != std::io::ErrorKind::UnexpectedEof {
+                    eprintln!("demo: websocket: {e}");
+                }
+            }
+        }
+    });
+    let mut resp = text(StatusCode::SWITCHING_PROTOCOLS, "");
+    let h = resp.headers_mut();
+    h.insert("upgrade", HeaderValue::from_static("websocket"));
+    h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert("sec-websocket-accept", v);
+    }
+    resp
+}
+
+async fn ws_echo<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut io: S,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let mut head = [0u8; 2];
+        io.read_exact(&mut head).await?;
+        let opcode = head[0] & 0x0f;
+        let mut len = u64::from(head[1] & 0x7f);
+        if len == 126 {
+            len = u64::from(io.read_u16().await?);
+        } else if len == 127 {
+            len = io.read_u64().await?;
+        }
+        if len > 16 << 20 {
+            return Err(std::io::Error::other("frame too large"));
+        }
+        let mut mask = [0u8; 4];
+        if head[1] & 0x80 != 0 {
+            io.read_exact(&mut mask).await?;
+        }
+        let mut payload = vec![0u8; len as usize];
+        io.read_exact(&mut payload).await?;
+        if head[1] & 0x80 != 0 {
+            for (i, b) in payload.iter_mut().enumerate() {
+                *b ^= mask[i % 4];
+            }
+        }
+        let reply_opcode = match opcode {
+            0x9 => 0xA,
+            0xA => continue,
+            other => other,
+        };
+        let mut frame = vec![(head[0] & 0x80) | reply_opcode];
+        match payload.len() {
+            n if n < 126 => frame.push(n as u8),
+            n if n <= 0xffff => {
+                frame.push(126);
+                frame.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                frame.push(127);
+                frame.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        frame.extend_from_slice(&payload);
+        io.write_all(&frame).await?;
+        if opcode == 0x8 {
+            return io.shutdown().await;
+        }
+    }
+}
+
+fn base64(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 /// `/sleep` requests in progress (`GET /sleeping`), so tests can wait for slow requests.
 static SLEEPING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// Handles one request. `exit` is set by `/exit`; the connection task exits
 /// the process once the response has been flushed.
 async fn handle(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     app: Arc<App>,
     exit: Arc<Mutex<Option<u8>>>,
 ) -> Result<Resp, Infallible> {
+    if req.uri().path() == "/ws" {
+        return Ok(websocket(&mut req));
+    }
     let (parts, body) = req.into_parts();
     let query = parts.uri.query();
     let version = || format!("{}\n", app.version);
@@ -184,6 +308,16 @@ async fn handle(
             _ => text(StatusCode::BAD_REQUEST, "usage: /exit?code=N (0-255)\n"),
         },
         (&Method::GET, "/pid") => text(StatusCode::OK, format!("{}\n", std::process::id())),
+        (&Method::GET, "/text") => match query_param(query, "bytes").map(str::parse::<usize>) {
+            Some(Ok(n)) if n <= 16 << 20 => {
+                let body: String = "chain ".repeat(n / 6 + 1).chars().take(n).collect();
+                text(StatusCode::OK, body)
+            }
+            _ => text(
+                StatusCode::BAD_REQUEST,
+                "usage: /text?bytes=N (at most 16 MiB)\n",
+            ),
+        },
         (&Method::GET, "/sleeping") => text(
             StatusCode::OK,
             format!("{}\n", SLEEPING.load(Ordering::Relaxed)),
@@ -216,7 +350,9 @@ async fn serve_conn(stream: TcpStream, app: Arc<App>, mut drain: watch::Receiver
         let exit = exit.clone();
         service_fn(move |req| handle(req, app.clone(), exit.clone()))
     };
-    let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+    let conn = http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), svc)
+        .with_upgrades();
     let mut conn = std::pin::pin!(conn);
     let drained = async {
         let _ = drain.wait_for(|draining| *draining).await;

@@ -27,9 +27,20 @@ pub const KEYS: &[&str] = &[
     "proxy.max_connections_per_ip",
     "proxy.max_header_size",
     "proxy.max_headers",
+    "proxy.access_log",
+    "proxy.access_log_max_size",
+    "proxy.access_log_max_files",
+    "admin",
+    "admin.listen",
+    "admin.public",
     "certificate",
     "certificate.cert",
     "certificate.key",
+    "acme",
+    "acme.email",
+    "acme.directory",
+    "acme.ca",
+    "acme.renew_before",
 ];
 
 pub mod defaults {
@@ -41,6 +52,10 @@ pub mod defaults {
     pub const MAX_CONNECTIONS_PER_IP: u32 = 256;
     pub const MAX_HEADER_SIZE: u64 = 16 << 10;
     pub const MAX_HEADERS: u32 = 100;
+    pub const ACCESS_LOG_MAX_SIZE: u64 = 100 << 20;
+    pub const ACCESS_LOG_MAX_FILES: u32 = 5;
+    pub const ACME_DIRECTORY: &str = "https://acme-v02.api.letsencrypt.org/directory";
+    pub const ACME_RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -50,6 +65,32 @@ pub struct Config {
     pub worker_threads: Option<usize>,
     pub proxy: ProxyConfig,
     pub certificates: Vec<CertificateConfig>,
+    pub admin: AdminConfig,
+    pub acme: AcmeConfig,
+}
+
+/// `[acme]`: how certificates for routes with `acme = true` are obtained (src/proxy/acme.rs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcmeConfig {
+    /// Contact address given to the CA (without `mailto:`).
+    pub email: Option<String>,
+    /// The ACME server's directory URL.
+    pub directory: String,
+    /// A PEM root that the directory's HTTPS is verified against, instead of the system's.
+    pub ca: Option<PathBuf>,
+    /// Renew a certificate when it expires within this time.
+    pub renew_before: Duration,
+}
+
+impl Default for AcmeConfig {
+    fn default() -> Self {
+        AcmeConfig {
+            email: None,
+            directory: defaults::ACME_DIRECTORY.to_string(),
+            ca: None,
+            renew_before: defaults::ACME_RENEW_BEFORE,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -66,6 +107,20 @@ pub struct ProxyConfig {
     pub max_header_size: u64,
     /// Most request header fields; more gets 431.
     pub max_headers: u32,
+    /// The access log's file (absolute: relative paths are resolved against the root); None = off.
+    pub access_log: Option<PathBuf>,
+    /// Rotate the access log past this many bytes (0 = never).
+    pub access_log_max_size: u64,
+    /// Rotated access-log files kept.
+    pub access_log_max_files: u32,
+}
+
+/// `[admin]`: the admin listener (`GET /metrics`), off by default.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AdminConfig {
+    pub listen: Option<SocketAddr>,
+    /// Allow a non-loopback `listen` (the listener has no authentication).
+    pub public: bool,
 }
 
 /// One `[[certificate]]`: a PEM chain and its key, served for the names in the certificate.
@@ -88,8 +143,13 @@ impl Default for Config {
                 max_connections_per_ip: defaults::MAX_CONNECTIONS_PER_IP,
                 max_header_size: defaults::MAX_HEADER_SIZE,
                 max_headers: defaults::MAX_HEADERS,
+                access_log: None,
+                access_log_max_size: defaults::ACCESS_LOG_MAX_SIZE,
+                access_log_max_files: defaults::ACCESS_LOG_MAX_FILES,
             },
             certificates: Vec::new(),
+            admin: AdminConfig::default(),
+            acme: AcmeConfig::default(),
         }
     }
 }
@@ -146,6 +206,12 @@ pub fn parse(path: &Path, text: &str, root: &Path) -> Result<Config, Vec<UnitErr
         if let Some(t) = f.table(&mut d) {
             proxy(&mut d, t, &mut cfg.proxy);
         }
+        cfg.proxy.access_log = cfg.proxy.access_log.take().map(|p| root.join(p));
+    }
+    if let Some(f) = top.take(&mut d, "admin") {
+        if let Some(t) = f.table(&mut d) {
+            admin(&mut d, t, &mut cfg.admin);
+        }
     }
     if let Some(f) = top.take(&mut d, "certificate") {
         let hint = Some("write each certificate as its own [[certificate]] table".to_string());
@@ -156,6 +222,11 @@ pub fn parse(path: &Path, text: &str, root: &Path) -> Result<Config, Vec<UnitErr
             if let (Some(cert), Some(key)) = (cert, key) {
                 cfg.certificates.push(CertificateConfig { cert, key });
             }
+        }
+    }
+    if let Some(f) = top.take(&mut d, "acme") {
+        if let Some(t) = f.table(&mut d) {
+            acme(&mut d, t, root, &mut cfg.acme);
         }
     }
     top.end(&mut d);
@@ -202,6 +273,109 @@ fn proxy(d: &mut Decoder<'_>, mut t: Table<'_, '_>, p: &mut ProxyConfig) {
     }
     if let Some(v) = t.take(d, "max_headers").and_then(|f| f.u32(d, 8, 10_000)) {
         p.max_headers = v;
+    }
+    access_log(d, &mut t, p);
+    t.end(d);
+}
+
+fn acme(d: &mut Decoder<'_>, mut t: Table<'_, '_>, root: &Path, a: &mut AcmeConfig) {
+    if let Some(f) = t.take(d, "email") {
+        if let Some(e) = f.string(d) {
+            let e = e.trim().trim_start_matches("mailto:").to_string();
+            let valid = e.split_once('@').is_some_and(|(user, host)| {
+                !user.is_empty() && host.contains('.') && !host.starts_with('.')
+            }) && !e
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || c == ',');
+            if valid {
+                a.email = Some(e);
+            } else {
+                let hint = Some("write email = \"ops@example.com\"".to_string());
+                f.error(d, format!("invalid email address {e:?}"), hint);
+            }
+        }
+    }
+    if let Some(f) = t.take(d, "directory") {
+        if let Some(u) = f.non_empty_string(d) {
+            match u.parse::<hyper::Uri>() {
+                Ok(uri) if uri.scheme_str() == Some("https") && uri.host().is_some() => {
+                    a.directory = u;
+                }
+                _ => {
+                    let hint = format!(
+                        "an https:// URL, e.g. \"{}\" (Let's Encrypt)",
+                        defaults::ACME_DIRECTORY
+                    );
+                    f.error(d, format!("invalid ACME directory URL {u:?}"), Some(hint));
+                }
+            }
+        }
+    }
+    if let Some(f) = t.take(d, "ca") {
+        a.ca = f.non_empty_string(d).map(|p| root.join(p));
+    }
+    if let Some(v) = t
+        .take(d, "renew_before")
+        .and_then(|f| f.positive_duration(d))
+    {
+        a.renew_before = v;
+    }
+    t.end(d);
+}
+
+/// `proxy.access_log*` (docs/config.md; the writer is src/proxy/access_log.rs).
+fn access_log(d: &mut Decoder<'_>, t: &mut Table<'_, '_>, p: &mut ProxyConfig) {
+    if let Some(f) = t.take(d, "access_log") {
+        if let Some(path) = f.non_empty_string(d).map(PathBuf::from) {
+            // DIR/logs holds one `<unit>.log` per unit, with rotation and `chainctl logs`.
+            if path.components().next() == Some(std::path::Component::Normal("logs".as_ref())) {
+                let hint = Some("write access_log = \"proxy/access.log\"".to_string());
+                f.error(
+                    d,
+                    "the access log cannot be in DIR/logs, where the units' logs are",
+                    hint,
+                );
+            } else {
+                p.access_log = Some(path);
+            }
+        }
+    }
+    if let Some(v) = t.take(d, "access_log_max_size").and_then(|f| f.size(d)) {
+        p.access_log_max_size = v;
+    }
+    if let Some(v) = t
+        .take(d, "access_log_max_files")
+        .and_then(|f| f.u32(d, 0, 100))
+    {
+        p.access_log_max_files = v;
+    }
+}
+
+/// `[admin]`: a non-loopback address needs `public = true`, because the listener has no
+/// authentication and its metrics name every unit and route.
+fn admin(d: &mut Decoder<'_>, mut t: Table<'_, '_>, a: &mut AdminConfig) {
+    let listen = t.take(d, "listen");
+    if let Some(v) = t.take(d, "public").and_then(|f| f.bool(d)) {
+        a.public = v;
+    }
+    if let Some(f) = listen {
+        if let Some(addr) = address(d, &f) {
+            if addr.ip().is_loopback() || a.public {
+                a.listen = Some(addr);
+            } else {
+                let hint = format!(
+                    "the admin listener has no authentication and its metrics name every unit and route: \
+                     write listen = \"127.0.0.1:{}\" and scrape through a tunnel, or add public = true \
+                     if a firewall keeps it private",
+                    addr.port()
+                );
+                f.error(
+                    d,
+                    format!("the admin listener {addr} is not on a loopback address"),
+                    Some(hint),
+                );
+            }
+        }
     }
     t.end(d);
 }
@@ -319,5 +493,66 @@ key = "/etc/a.key"
             "{e:#?}"
         );
         assert!(e[3].contains("missing required key `key`"), "{e:#?}");
+    }
+
+    /// The admin listener must be loopback unless `public = true`, and the hint says why; the
+    /// access log path is relative to the root.
+    #[test]
+    fn admin_and_access_log() {
+        let e = errors("[admin]\nlisten = \"0.0.0.0:9090\"\n");
+        assert_eq!(e.len(), 1, "{e:#?}");
+        assert!(
+            e[0].contains("2:10") && e[0].contains("not on a loopback address"),
+            "{e:#?}"
+        );
+        assert!(e[0].contains("no authentication") && e[0].contains("public = true"));
+        let ok = |text: &str| parse(Path::new("chaind.toml"), text, Path::new("/r")).unwrap();
+        let c = ok("[admin]\nlisten = \"0.0.0.0:9090\"\npublic = true\n");
+        assert_eq!(c.admin.listen, Some("0.0.0.0:9090".parse().unwrap()));
+        let c = ok("[admin]\nlisten = \"[::1]:9090\"\n");
+        assert_eq!(c.admin.listen, Some("[::1]:9090".parse().unwrap()));
+        assert_eq!(Config::default().admin.listen, None);
+        let c = ok("[proxy]\naccess_log = \"proxy/access.log\"\naccess_log_max_files = 2\n");
+        assert_eq!(
+            c.proxy.access_log,
+            Some(PathBuf::from("/r/proxy/access.log"))
+        );
+        let e = errors("[proxy]\naccess_log = \"logs/access.log\"\n");
+        assert!(e[0].contains("units' logs"), "{e:#?}");
+        assert_eq!(c.proxy.access_log_max_files, 2);
+        assert_eq!(c.proxy.access_log_max_size, defaults::ACCESS_LOG_MAX_SIZE);
+        assert_eq!(Config::default().proxy.access_log, None);
+    }
+
+    /// `[acme]`: defaults to Let's Encrypt and 30 days; `ca` is under the root; a bad email,
+    /// a non-https directory and a zero duration are reported with hints.
+    #[test]
+    fn acme_section() {
+        let d = Config::default().acme;
+        assert_eq!(d.directory, defaults::ACME_DIRECTORY);
+        assert_eq!(d.renew_before, Duration::from_secs(30 * 86_400));
+        assert_eq!((d.email, d.ca), (None, None));
+        let c = parse(
+            Path::new("chaind.toml"),
+            "[acme]\nemail = \"mailto:ops@example.com\"\ndirectory = \"https://127.0.0.1:14000/dir\"\nca = \"pebble.pem\"\nrenew_before = \"10d\"\n",
+            Path::new("/r"),
+        )
+        .unwrap();
+        assert_eq!(c.acme.email.as_deref(), Some("ops@example.com"));
+        assert_eq!(c.acme.directory, "https://127.0.0.1:14000/dir");
+        assert_eq!(c.acme.ca, Some(PathBuf::from("/r/pebble.pem")));
+        assert_eq!(c.acme.renew_before, Duration::from_secs(10 * 86_400));
+        let e = errors("[acme]\nemail = \"ops\"\ndirectory = \"http://ca.example/dir\"\nrenew_before = \"0s\"\nemial = 1\n");
+        assert_eq!(e.len(), 4, "{e:#?}");
+        assert!(
+            e[0].contains("2:9") && e[0].contains("invalid email"),
+            "{e:#?}"
+        );
+        assert!(
+            e[1].contains("invalid ACME directory URL") && e[1].contains("https://"),
+            "{e:#?}"
+        );
+        assert!(e[2].contains("renew_before"), "{e:#?}");
+        assert!(e[3].contains("unknown key `emial`"), "{e:#?}");
     }
 }

@@ -7,6 +7,7 @@
 //!   `Supervisor`, the single owner of instance state.
 //! - [`api`]: wire types, the Unix-socket server, and the client chainctl uses.
 //! - [`daemon`]: wiring and shutdown order; `Daemon::run` is the entry point.
+//! - [`metrics`]: metric names, the registry, and the `/metrics` exporter (admin listener).
 //! - [`cli`]: chainctl's commands and output.
 //! - [`watch`]: debounced file watching (units directory, `[watch]`).
 //! - [`paths`]: default locations shared by chaind and chainctl.
@@ -17,6 +18,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod metrics;
 pub mod paths;
 pub mod proxy;
 pub mod reconcile;

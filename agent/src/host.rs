@@ -32,6 +32,8 @@ pub struct Sampler {
     // `None` only if sysinfo could not initialise (it cannot fail on Linux today); every
     // sample is then empty.
     system: Option<System>,
+    /// Pids sampled last time.
+    last: HashSet<Pid>,
 }
 
 impl Default for Sampler {
@@ -55,62 +57,61 @@ impl Sampler {
                 None
             }
         };
-        Sampler { system }
+        Sampler {
+            system,
+            last: HashSet::new(),
+        }
     }
 
-    /// Refreshes memory and CPU of every process once (dropping dead ones) and returns, for
-    /// each root pid still alive, the totals over the root and all its descendants (by parent
-    /// links). Blocking.
+    /// Returns, for each root pid still alive, the memory and CPU totals over the root and
+    /// all its descendants. Only those trees are read: descendants are found through
+    /// `/proc/PID/task/TID/children`, not by scanning every process on the host. Blocking.
     pub fn sample(&mut self, roots: &[i32]) -> HashMap<i32, Sample> {
         let mut samples = HashMap::new();
         let Some(system) = self.system.as_mut() else {
             return samples;
         };
+        let trees: Vec<(i32, Vec<Pid>)> = roots
+            .iter()
+            .map(|&root| {
+                let pids = procfs::descendants(root, TREE_LIMIT)
+                    .into_iter()
+                    .filter_map(|p| u32::try_from(p).ok().map(Pid::from_u32))
+                    .collect();
+                (root, pids)
+            })
+            .collect();
+        let current: HashSet<Pid> = trees.iter().flat_map(|(_, p)| p.iter().copied()).collect();
+        // Processes seen last time but gone from every tree are refreshed once more, so that
+        // sysinfo notices they exited and drops them (its table would otherwise only grow).
+        let mut refresh: Vec<Pid> = current.iter().copied().collect();
+        refresh.extend(self.last.difference(&current).copied());
         system.refresh_processes_specifics(
-            ProcessesToUpdate::All,
+            ProcessesToUpdate::Some(&refresh),
             true,
             ProcessRefreshKind::nothing().with_memory().with_cpu(),
         );
         let processes = system.processes();
-        let mut children: HashMap<Pid, Vec<Pid>> = HashMap::new();
-        for (pid, process) in processes {
-            // Threads show up as tasks only when asked for; skip any that slip in so
-            // their memory is not counted twice.
-            if process.thread_kind().is_some() {
-                continue;
-            }
-            if let Some(parent) = process.parent() {
-                children.entry(parent).or_default().push(*pid);
-            }
-        }
-        for &root in roots {
-            let Ok(root_u32) = u32::try_from(root) else {
-                continue;
-            };
-            let root_pid = Pid::from_u32(root_u32);
-            if !processes.contains_key(&root_pid) {
+        for (root, pids) in &trees {
+            if pids.is_empty() {
                 continue;
             }
             let mut total = Sample::default();
-            let mut seen = HashSet::new();
-            let mut stack = vec![root_pid];
-            while let Some(pid) = stack.pop() {
-                if !seen.insert(pid) {
-                    continue;
-                }
-                if let Some(process) = processes.get(&pid) {
+            for pid in pids {
+                if let Some(process) = processes.get(pid) {
                     total.rss_bytes += process.memory();
                     total.cpu_percent += process.cpu_usage();
                 }
-                if let Some(kids) = children.get(&pid) {
-                    stack.extend(kids.iter().copied());
-                }
             }
-            samples.insert(root, total);
+            samples.insert(*root, total);
         }
+        self.last = current;
         samples
     }
 }
+
+/// At most this many processes are counted in one tree (a fork bomb must not stall sampling).
+const TREE_LIMIT: usize = 10_000;
 
 /// Number of CPUs this process may run on (at least 1).
 pub fn cpu_count() -> u32 {

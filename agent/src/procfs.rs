@@ -93,6 +93,45 @@ pub fn environ_contains(pid: i32, needle: &[u8]) -> bool {
 }
 
 /// Every pid listed in `/proc` (processes, not threads), in no particular order.
+/// Direct children of `pid`, from `/proc/PID/task/*/children` (every thread's children).
+pub fn children(pid: i32) -> Vec<i32> {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for task in tasks.flatten() {
+        if let Ok(text) = fs::read_to_string(task.path().join("children")) {
+            out.extend(
+                text.split_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok()),
+            );
+        }
+    }
+    out
+}
+
+/// `root` (when alive) and all its descendants, breadth first, at most `limit` pids.
+pub fn descendants(root: i32, limit: usize) -> Vec<i32> {
+    if root <= 0 || !is_alive(root) {
+        return Vec::new();
+    }
+    let mut out = vec![root];
+    let mut seen: std::collections::HashSet<i32> = out.iter().copied().collect();
+    let mut i = 0;
+    while i < out.len() && out.len() < limit {
+        for k in children(out[i]) {
+            if out.len() >= limit {
+                break;
+            }
+            if seen.insert(k) {
+                out.push(k);
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
 pub fn all_pids() -> Vec<i32> {
     let Ok(dir) = fs::read_dir("/proc") else {
         return Vec::new();

@@ -50,6 +50,8 @@ pub trait ControlPlane: Clone + Send + Sync + 'static {
     /// Directory holding `{unit}.log` files.
     fn logs_dir(&self) -> PathBuf;
     fn has_unit(&self, name: &str) -> bool;
+    /// The proxy's routes (empty without a proxy).
+    fn routes(&self) -> Vec<RouteInfo>;
 }
 
 /// Who may call mutating endpoints.
@@ -145,6 +147,7 @@ async fn handle<C: ControlPlane>(
     match (&method, segs.as_slice()) {
         (&Method::GET, ["version"]) => json(&cp.version()),
         (&Method::GET, ["instances"]) => json(&cp.instances()),
+        (&Method::GET, ["routes"]) => json(&cp.routes()),
         (&Method::GET, ["units"]) => json(&cp.units()),
         (&Method::GET, ["units", name]) => json(&cp.unit_status(name)?),
         (&Method::GET, ["units", name, "spec"]) => json(&cp.unit_spec(name)?),
@@ -175,7 +178,7 @@ async fn handle<C: ControlPlane>(
         (&Method::GET, ["events"]) => events(&cp, &query),
         (
             _,
-            ["version" | "instances" | "events" | "apply"]
+            ["version" | "instances" | "events" | "apply" | "routes"]
             | ["units"]
             | ["units", _]
             | ["units", _, "spec" | "logs" | "start" | "stop" | "restart" | "reload"],

@@ -71,6 +71,9 @@ pub struct VersionInfo {
     /// Address of the HTTPS proxy listener, when there is one.
     #[serde(default)]
     pub https: Option<String>,
+    /// Address of the admin listener (`GET /metrics`), when there is one.
+    #[serde(default)]
+    pub admin: Option<String>,
 }
 
 /// One row of `chainctl ls`.
@@ -204,6 +207,29 @@ pub struct ActionResult {
     /// True when the call waited until the action completed.
     pub completed: bool,
     pub instances: Vec<InstanceInfo>,
+}
+
+/// One row of `chainctl routes`: a route and the ready instances behind it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RouteInfo {
+    pub unit: String,
+    /// None: any host.
+    pub host: Option<String>,
+    pub path: String,
+    pub policy: String,
+    pub instances: Vec<RouteInstance>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RouteInstance {
+    /// The instance index (as in `ls`), when it is still known to the supervisor.
+    pub instance: Option<u32>,
+    pub generation: u64,
+    pub addr: String,
+    /// Requests in flight (WebSockets count while open).
+    pub inflight: u64,
+    /// Skipped by passive health after failed attempts.
+    pub down: bool,
 }
 
 /// One line of `logs` output (NDJSON when streamed).

@@ -106,6 +106,8 @@ pub enum Cmd {
     Inspect { unit: String },
     /// Versions of chainctl and chaind, and where the daemon keeps things and listens.
     Version,
+    /// The proxy's routes, the ready instances behind each, and their in-flight requests.
+    Routes,
 }
 
 /// Runs the command; returns the process exit code.
@@ -227,6 +229,47 @@ async fn dispatch(c: &Client, args: &Args) -> Result<i32, Error> {
                 r.and_then(|_| out.flush()).is_ok()
             })
             .await?;
+            Ok(0)
+        }
+        Cmd::Routes => {
+            let rows: Vec<RouteInfo> = c.get("/v1/routes").await?;
+            if json {
+                print_json(&rows);
+            } else {
+                let mut t = Table::new(&[
+                    "ROUTE", "UNIT", "POLICY", "INST", "ADDRESS", "INFLIGHT", "HEALTH",
+                ]);
+                for r in &rows {
+                    let route = format!("{}{}", r.host.as_deref().unwrap_or("*"), r.path);
+                    if r.instances.is_empty() {
+                        t.row(vec![
+                            route.clone(),
+                            r.unit.clone(),
+                            r.policy.clone(),
+                            "-".into(),
+                            "-".into(),
+                            "-".into(),
+                            "no ready instance".into(),
+                        ]);
+                    }
+                    for i in &r.instances {
+                        t.row(vec![
+                            route.clone(),
+                            r.unit.clone(),
+                            r.policy.clone(),
+                            opt(i.instance),
+                            i.addr.clone(),
+                            i.inflight.to_string(),
+                            if i.down {
+                                "down (passive)".into()
+                            } else {
+                                "ok".into()
+                            },
+                        ]);
+                    }
+                }
+                print!("{}", t.render());
+            }
             Ok(0)
         }
         Cmd::Version => {

@@ -83,8 +83,22 @@ impl Daemon {
         // (SCM_RIGHTS) stays a local change.
         let proxy_stop = CancellationToken::new();
         let mut proxy_tasks = Vec::new();
+        let mut proxy_handle = None;
         let (mut http_addr, mut https_addr) = (None, None);
         let mut _cert_watch = None;
+        // The certificate store and the HTTP-01 answers, for the ACME manager.
+        let (mut acme_certs, mut acme_challenges) = (None, None);
+        // The admin listener (GET /metrics) and the metrics it serves exist only when configured.
+        let admin = match cfg.settings.admin.listen {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding the admin listener on {addr}"))?,
+            ),
+            None => None,
+        };
+        let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
+        let metrics = admin.as_ref().map(|_| crate::metrics::Metrics::new());
         let pcfg = &cfg.settings.proxy;
         if pcfg.http.is_some() || pcfg.https.is_some() {
             let http = match pcfg.http {
@@ -106,6 +120,7 @@ impl Daemon {
                         tracing::error!("{e}");
                     }
                     _cert_watch = watch_certificates(&certs);
+                    acme_certs = Some(certs.clone());
                     Some((listener, certs))
                 }
                 None => None,
@@ -115,14 +130,36 @@ impl Daemon {
                 http,
                 https,
                 pcfg,
+                crate::proxy::observe::Observer::new(pcfg, metrics.clone())
+                    .context("opening the access log")?,
                 proxy_stop.clone(),
             )
             .context("starting the proxy")?;
             (http_addr, https_addr) = (proxy.http_addr, proxy.https_addr);
             tracing::info!(http = ?http_addr, https = ?https_addr, "proxy listening");
             proxy_tasks = tasks;
+            acme_challenges = http_addr.map(|_| proxy.acme_challenges());
+            proxy_handle = Some(proxy.clone());
             supervisor.set_proxy(proxy);
         }
+        if let (Some(listener), Some(m)) = (admin, &metrics) {
+            tracing::info!(admin = ?admin_addr, "admin listener serving /metrics");
+            proxy_tasks.extend(crate::metrics::export::start(
+                listener,
+                m.clone(),
+                handle.snapshot.clone(),
+                proxy_stop.clone(),
+            ));
+        }
+        // Runs even without listeners, to say why routes with `acme = true` get no certificate.
+        proxy_tasks.push(crate::proxy::acme::start(
+            cfg.settings.acme.clone(),
+            &cfg.root,
+            handle.snapshot.clone(),
+            acme_certs,
+            acme_challenges,
+            proxy_stop.clone(),
+        ));
 
         // Watch before the first load, so no change can fall between the load and the watch.
         let watcher_handle = handle.clone();
@@ -158,12 +195,14 @@ impl Daemon {
                 profile: None,
                 http: http_addr.map(|a| a.to_string()),
                 https: https_addr.map(|a| a.to_string()),
+                admin: admin_addr.map(|a| a.to_string()),
             }),
             logs_dir: sup_cfg.logs_dir.clone(),
             events: {
                 let (tx, _) = broadcast::channel(1024);
                 tx
             },
+            proxy: proxy_handle.clone(),
         };
         cp.forward_events();
         let access = Access {
@@ -274,6 +313,7 @@ fn bind_socket(path: &Path, group: Option<u32>) -> anyhow::Result<UnixListener> 
 #[derive(Clone)]
 struct Plane {
     handle: SupervisorHandle,
+    proxy: Option<crate::proxy::Proxy>,
     info: Arc<VersionInfo>,
     logs_dir: PathBuf,
     events: broadcast::Sender<EventInfo>,
@@ -440,6 +480,21 @@ impl ControlPlane for Plane {
 
     fn logs_dir(&self) -> PathBuf {
         self.logs_dir.clone()
+    }
+
+    fn routes(&self) -> Vec<RouteInfo> {
+        let Some(proxy) = &self.proxy else {
+            return Vec::new();
+        };
+        let snap = self.snap();
+        proxy.routes(|unit, generation| {
+            snap.units
+                .get(unit)?
+                .instances
+                .iter()
+                .find(|i| i.info.generation == generation)
+                .map(|i| i.info.instance)
+        })
     }
 
     fn has_unit(&self, name: &str) -> bool {

@@ -16,8 +16,9 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri};
 
-use super::table::{InflightGuard, Route};
+use super::table::{Client, InflightGuard, Route};
 use super::Shared;
+use crate::unit::BalancePolicy;
 
 pub type BoxError = Box<dyn StdError + Send + Sync>;
 pub type ProxyBody = BoxBody<Bytes, BoxError>;
@@ -48,29 +49,48 @@ pub async fn handle(
     conn: Conn,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    Ok(match forward(&shared, conn, req).await {
+    let mut obs = shared.observe.start(conn.peer.ip(), &req);
+    let resp = match forward(&shared, conn, req, &mut obs).await {
         Ok(resp) => resp,
         Err(status) => plain(status),
-    })
+    };
+    Ok(obs.finish(resp))
 }
 
 async fn forward(
     shared: &Shared,
     conn: Conn,
     req: Request<Incoming>,
+    obs: &mut super::observe::Record<'_>,
 ) -> Result<Response<ProxyBody>, StatusCode> {
+    // ACME HTTP-01 validation, before routes and redirects (a string prefix test otherwise).
+    if !conn.https {
+        if let Some(resp) = super::acme::answer(&shared.acme, &req) {
+            return Ok(resp);
+        }
+    }
+    let mut req = req;
     let host = request_host(&req).unwrap_or_default();
     let path = req.uri().path().to_string();
+    let affinity = affinity_cookie(req.headers());
     // Pick while holding the table; the guard keeps the upstream counted after the table goes.
     let (spec, rules, first) = {
         let table = shared.table.load();
         let route = table.find(&host, &path).ok_or(StatusCode::NOT_FOUND)?;
+        obs.route(route);
+        if let Some(too_many) = super::limit::check(route, conn.peer.ip()) {
+            return Ok(too_many);
+        }
         if !conn.https {
             if let Some(location) = https_redirect(shared, route, &host, req.uri()) {
                 return Ok(redirect(req.method(), &location));
             }
         }
-        let Some(up) = route.pick(None) else {
+        let client = Client {
+            ip: Some(conn.peer.ip()),
+            cookie: affinity.as_deref(),
+        };
+        let Some(up) = route.pick_for(None, client) else {
             return Err(StatusCode::SERVICE_UNAVAILABLE);
         };
         (
@@ -79,6 +99,11 @@ async fn forward(
             InflightGuard::new(up),
         )
     };
+    let upgrade = super::upgrade::requested(req.headers());
+    let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+    let gzip = spec.compress
+        && req.method() != Method::HEAD
+        && super::compress::accepts_gzip(req.headers());
 
     if let Some(len) = content_length(req.headers()) {
         if len > spec.max_body {
@@ -89,18 +114,25 @@ async fn forward(
     let (parts, body) = req.into_parts();
     let body: ProxyBody = Limited::new(body, spec.max_body as usize).boxed();
     let upstream_path = rewrite_path(&parts.uri, &spec.path, spec.strip_prefix);
-    let headers = forwarded_headers(
+    let mut headers = forwarded_headers(
         &parts.headers,
         conn,
         &host,
         parts.uri.authority().map(|a| a.as_str()),
     );
+    if let Some(protocol) = &upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, protocol.clone());
+    }
+    let mut client_upgrade = client_upgrade;
+    obs.request_id(&headers);
     let client = shared.client(spec.connect_timeout);
 
     let mut guard = first;
     let mut body = Some(body);
     for attempt in 0..2 {
         let up = guard.upstream().clone();
+        obs.upstream(&up);
         let uri: Uri = format!("http://{}{}", up.addr, upstream_path)
             .parse()
             .map_err(|_| StatusCode::BAD_REQUEST)?;
@@ -120,8 +152,23 @@ async fn forward(
             }
             Ok(Ok(resp)) => {
                 up.record_success();
+                obs.upstream_status(resp.status());
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    if let Some(client) = client_upgrade.take() {
+                        return Ok(super::upgrade::tunnel(resp, client, guard, empty_body()));
+                    }
+                }
+                let id = up.id;
                 let mut resp = response(resp, guard);
+                if gzip {
+                    resp = super::compress::maybe_gzip(resp);
+                }
                 security_headers(resp.headers_mut(), conn.https, &host, &rules);
+                if spec.policy == BalancePolicy::Cookie
+                    && affinity.as_deref() != Some(format!("{id:x}").as_str())
+                {
+                    set_affinity_cookie(resp.headers_mut(), id, conn.https);
+                }
                 return Ok(resp);
             }
             Ok(Err(e)) => {
@@ -148,6 +195,28 @@ async fn forward(
         }
     }
     Err(StatusCode::BAD_GATEWAY)
+}
+
+/// Name of the cookie that pins a client to an instance on `policy = "cookie"` routes.
+const AFFINITY_COOKIE: &str = "chain_affinity";
+
+fn affinity_cookie(h: &HeaderMap) -> Option<String> {
+    h.get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == AFFINITY_COOKIE)
+        .map(|(_, v)| v.trim().to_string())
+}
+
+fn set_affinity_cookie(h: &mut HeaderMap, id: u64, https: bool) {
+    let secure = if https { "; Secure" } else { "" };
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "{AFFINITY_COOKIE}={id:x}; Path=/; HttpOnly; SameSite=Lax{secure}"
+    )) {
+        h.append(header::SET_COOKIE, v);
+    }
 }
 
 /// Where to send a plain-HTTP request instead, when its route wants HTTPS: `https_redirect`,

@@ -9,10 +9,16 @@
 //! - [`Proxy::drain`] returns only once no table and no request holds the instance (or at the
 //!   timeout), so an instance that is stopped after draining drops no request.
 
+pub mod access_log;
+pub mod acme;
+mod compress;
 mod forward;
+pub mod limit;
 pub mod listen;
+pub mod observe;
 pub mod table;
 pub mod tls;
+mod upgrade;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -49,6 +55,10 @@ pub struct Shared {
     certs: Option<Arc<tls::CertStore>>,
     /// Port of the HTTPS listener, for redirect locations.
     https_port: Option<u16>,
+    /// HTTP-01 tokens the ACME manager publishes; read only for `/.well-known/acme-challenge/`.
+    acme: Arc<acme::Challenges>,
+    /// Metrics and the access log, when configured; read-only after start.
+    observe: observe::Observer,
 }
 
 impl Shared {
@@ -97,6 +107,7 @@ impl Proxy {
         http: Option<TcpListener>,
         https: Option<(TcpListener, Arc<tls::CertStore>)>,
         cfg: &ProxyConfig,
+        observer: observe::Observer,
         stop: CancellationToken,
     ) -> Result<(Proxy, Vec<tokio::task::JoinHandle<()>>), rustls::Error> {
         let http_addr = http.as_ref().and_then(|l| l.local_addr().ok());
@@ -107,6 +118,8 @@ impl Proxy {
             registry: Mutex::new(HashMap::new()),
             certs: https.as_ref().map(|(_, c)| c.clone()),
             https_port: https_addr.map(|a| a.port()),
+            acme: Arc::default(),
+            observe: observer,
         });
         let mut tasks = vec![tokio::spawn(build_tables(shared.clone(), snapshots))];
         // One limiter for both listeners: the limit is per client, whatever the scheme.
@@ -178,17 +191,53 @@ impl Proxy {
     pub fn table(&self) -> Arc<RouteTable> {
         self.shared.table.load_full()
     }
+
+    /// The routes as the API shows them; `index` maps (unit, generation) to an instance index.
+    pub fn routes(
+        &self,
+        index: impl Fn(&str, u64) -> Option<u32>,
+    ) -> Vec<crate::api::wire::RouteInfo> {
+        use crate::api::wire::{RouteInfo, RouteInstance};
+        self.table()
+            .routes
+            .iter()
+            .map(|r| RouteInfo {
+                unit: r.unit.clone(),
+                host: r.spec.host.clone(),
+                path: r.spec.path.clone(),
+                policy: r.spec.policy.as_str().to_string(),
+                instances: r
+                    .upstreams
+                    .iter()
+                    .map(|u| RouteInstance {
+                        instance: index(&u.unit, u.generation),
+                        generation: u.generation,
+                        addr: u.addr.to_string(),
+                        inflight: u.inflight.load(std::sync::atomic::Ordering::Relaxed) as u64,
+                        down: u.is_down(),
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// Where the ACME manager publishes HTTP-01 answers (served on the plain-HTTP listener).
+    pub fn acme_challenges(&self) -> Arc<acme::Challenges> {
+        self.shared.acme.clone()
+    }
 }
 
 /// The table's single writer: rebuilds it from every new supervisor snapshot.
 async fn build_tables(shared: Arc<Shared>, mut snapshots: watch::Receiver<Arc<Snapshot>>) {
     let epoch = Instant::now();
     let mut cursors: HashMap<(String, Option<String>, String), Arc<AtomicUsize>> = HashMap::new();
+    let mut extras = observe::Extras::new(shared.observe.metrics.clone());
     loop {
         let snap = snapshots.borrow_and_update().clone();
         let table = {
             let mut registry = shared.registry.lock().unwrap_or_else(|p| p.into_inner());
-            let table = build(&snap, &mut registry, &mut cursors, epoch);
+            let table = build(&snap, &mut registry, &mut cursors, &mut extras, epoch);
+            extras.finish_build();
             // Forget upstreams nothing holds any more (not this table, no request, no drain).
             registry.retain(|_, up| Arc::strong_count(up) > 1);
             table
@@ -219,6 +268,7 @@ fn build(
     snap: &Snapshot,
     registry: &mut HashMap<(String, u64), Arc<Upstream>>,
     cursors: &mut HashMap<(String, Option<String>, String), Arc<AtomicUsize>>,
+    extras: &mut observe::Extras,
     epoch: Instant,
 ) -> RouteTable {
     let mut routes = Vec::new();
@@ -226,6 +276,9 @@ fn build(
         let Some(spec) = &unit.spec else { continue };
         if spec.routes.is_empty() {
             continue;
+        }
+        for i in &unit.instances {
+            extras.keep_instance(name, i.info.instance);
         }
         let upstreams: Vec<Arc<Upstream>> = unit
             .instances
@@ -238,12 +291,15 @@ fn build(
                     registry
                         .entry(key)
                         .or_insert_with(|| {
-                            Arc::new(Upstream::new(
-                                name,
-                                i.info.generation,
-                                ([127, 0, 0, 1], port).into(),
-                                epoch,
-                            ))
+                            Arc::new(
+                                Upstream::new(
+                                    name,
+                                    i.info.generation,
+                                    ([127, 0, 0, 1], port).into(),
+                                    epoch,
+                                )
+                                .with_stats(extras.instance(name, i.info.instance)),
+                            )
                         })
                         .clone(),
                 )
@@ -261,6 +317,8 @@ fn build(
                 response_headers: Arc::new(forward::parse_header_rules(&r.headers)),
                 upstreams: upstreams.clone(),
                 cursor,
+                limiter: extras.limiter(name, r),
+                stats: extras.route(name, r),
             });
         }
     }

@@ -19,6 +19,9 @@ use crate::unit::{BalancePolicy, RouteSpec};
 pub struct Upstream {
     pub unit: String,
     pub generation: u64,
+    /// Stable identity (unit + generation hashed): the affinity cookie's value and the
+    /// rendezvous-hash key.
+    pub id: u64,
     pub addr: SocketAddr,
     /// Requests forwarded and not finished (response body not yet fully sent).
     pub inflight: AtomicUsize,
@@ -28,6 +31,8 @@ pub struct Upstream {
     window_start: AtomicU64,
     down_until: AtomicU64,
     epoch: Instant,
+    /// This instance's metric series, when metrics are on (set by the table builder).
+    pub stats: Option<Arc<crate::metrics::InstanceStats>>,
 }
 
 impl Upstream {
@@ -35,13 +40,20 @@ impl Upstream {
         Upstream {
             unit: unit.to_string(),
             generation,
+            id: stable_hash(&(unit, generation)),
             addr,
             inflight: AtomicUsize::new(0),
             fails: AtomicU32::new(0),
             window_start: AtomicU64::new(0),
             down_until: AtomicU64::new(0),
             epoch,
+            stats: None,
         }
+    }
+
+    pub fn with_stats(mut self, stats: Option<Arc<crate::metrics::InstanceStats>>) -> Upstream {
+        self.stats = stats;
+        self
     }
 
     fn now_ms(&self) -> u64 {
@@ -89,6 +101,9 @@ pub struct InflightGuard(Arc<Upstream>);
 impl InflightGuard {
     pub fn new(up: Arc<Upstream>) -> InflightGuard {
         up.inflight.fetch_add(1, Ordering::AcqRel);
+        if let Some(s) = &up.stats {
+            s.inflight.inc();
+        }
         InflightGuard(up)
     }
 
@@ -100,6 +115,9 @@ impl InflightGuard {
 impl Drop for InflightGuard {
     fn drop(&mut self) {
         self.0.inflight.fetch_sub(1, Ordering::AcqRel);
+        if let Some(s) = &self.0.stats {
+            s.inflight.dec();
+        }
     }
 }
 
@@ -143,12 +161,41 @@ pub struct Route {
     pub upstreams: Vec<Arc<Upstream>>,
     /// Round-robin cursor, shared by every table built for this route.
     pub cursor: Arc<AtomicUsize>,
+    /// `rate_limit`'s buckets, shared by every table built for this route (None: unlimited).
+    pub limiter: Option<Arc<super::limit::RateLimiter>>,
+    /// This route's metric series, when metrics are on.
+    pub stats: Option<Arc<crate::metrics::RouteStats>>,
+}
+
+/// What a pick may depend on besides the route: the client, for affinity.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Client<'a> {
+    pub ip: Option<std::net::IpAddr>,
+    /// The affinity cookie's value, when the request carries one.
+    pub cookie: Option<&'a str>,
+}
+
+/// A hash that is the same in every chaind of one build (cookie values survive restarts).
+pub fn stable_hash<T: std::hash::Hash>(v: &T) -> u64 {
+    use std::hash::Hasher;
+    #[allow(deprecated)]
+    let mut h = std::hash::SipHasher::new_with_keys(0x636861696e, 0x61666669);
+    v.hash(&mut h);
+    h.finish()
 }
 
 impl Route {
     /// Picks an upstream by the route's policy, skipping `exclude` and upstreams marked down
     /// (unless every one is down: then any may be tried, as nginx does).
     pub fn pick(&self, exclude: Option<&Arc<Upstream>>) -> Option<Arc<Upstream>> {
+        self.pick_for(exclude, Client::default())
+    }
+
+    pub fn pick_for(
+        &self,
+        exclude: Option<&Arc<Upstream>>,
+        client: Client<'_>,
+    ) -> Option<Arc<Upstream>> {
         let usable = |u: &&Arc<Upstream>| exclude.is_none_or(|x| !Arc::ptr_eq(x, u));
         let mut candidates: Vec<&Arc<Upstream>> = self
             .upstreams
@@ -162,9 +209,24 @@ impl Route {
         if candidates.is_empty() {
             return None;
         }
+        if self.spec.policy == BalancePolicy::Cookie {
+            let wanted = client.cookie.and_then(|c| u64::from_str_radix(c, 16).ok());
+            if let Some(u) = wanted.and_then(|id| candidates.iter().find(|u| u.id == id)) {
+                return Some((*u).clone());
+            }
+        }
+        if let (BalancePolicy::IpHash, Some(ip)) = (self.spec.policy, client.ip) {
+            let chosen = candidates
+                .iter()
+                .max_by_key(|u| stable_hash(&(ip, u.id)))
+                .expect("candidates is not empty");
+            return Some((*chosen).clone());
+        }
         let turn = self.cursor.fetch_add(1, Ordering::Relaxed);
         let chosen = match self.spec.policy {
-            BalancePolicy::RoundRobin => candidates[turn % candidates.len()],
+            BalancePolicy::RoundRobin | BalancePolicy::IpHash | BalancePolicy::Cookie => {
+                candidates[turn % candidates.len()]
+            }
             BalancePolicy::LeastConn => {
                 let n = candidates.len();
                 // Start the scan at the cursor so ties rotate instead of piling on the first.
@@ -238,7 +300,10 @@ mod tests {
             max_fails: 2,
             fail_timeout: Duration::from_secs(10),
             https_redirect: None,
+            compress: true,
             headers: Default::default(),
+            acme: false,
+            rate_limit: None,
         }
     }
 
@@ -260,6 +325,8 @@ mod tests {
                 })
                 .collect(),
             cursor: Arc::new(AtomicUsize::new(0)),
+            limiter: None,
+            stats: None,
         }
     }
 
@@ -314,6 +381,67 @@ mod tests {
         }
         let first = lc.upstreams[2].clone();
         assert_ne!(lc.pick(Some(&first)).unwrap().addr.port(), 1002);
+
+        // ip_hash: the same client always lands on the same instance, clients spread, and
+        // removing an instance moves only its own clients.
+        let ih = route("w", None, "/", 3, BalancePolicy::IpHash);
+        let who = |r: &Route, ip: [u8; 4]| {
+            r.pick_for(
+                None,
+                Client {
+                    ip: Some(ip.into()),
+                    cookie: None,
+                },
+            )
+            .unwrap()
+            .generation
+        };
+        let before: Vec<u64> = (0..60u8).map(|i| who(&ih, [10, 0, 0, i])).collect();
+        assert_eq!(
+            before,
+            (0..60u8)
+                .map(|i| who(&ih, [10, 0, 0, i]))
+                .collect::<Vec<_>>()
+        );
+        assert!((0..3).all(|g| before.contains(&g)), "no spread: {before:?}");
+        let fewer = Route {
+            upstreams: ih.upstreams[..2].to_vec(),
+            ..route("w", None, "/", 0, BalancePolicy::IpHash)
+        };
+        for (i, g) in before.iter().enumerate() {
+            if *g < 2 {
+                assert_eq!(
+                    who(&fewer, [10, 0, 0, i as u8]),
+                    *g,
+                    "a client of a remaining instance moved"
+                );
+            }
+        }
+
+        // cookie: a known id wins; an unknown or absent one falls back to round robin.
+        let ck = route("w", None, "/", 3, BalancePolicy::Cookie);
+        let id = format!("{:x}", ck.upstreams[1].id);
+        for _ in 0..4 {
+            let got = ck
+                .pick_for(
+                    None,
+                    Client {
+                        ip: None,
+                        cookie: Some(&id),
+                    },
+                )
+                .unwrap();
+            assert_eq!(got.generation, 1);
+        }
+        assert!(ck
+            .pick_for(
+                None,
+                Client {
+                    ip: None,
+                    cookie: Some("zz")
+                }
+            )
+            .is_some());
 
         let s = spec(None, "/", BalancePolicy::RoundRobin);
         r.upstreams[1].record_failure(&s);

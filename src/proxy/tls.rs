@@ -154,10 +154,15 @@ impl CertStore {
         Ok(())
     }
 
-    /// True when a certificate other than the generated fallback serves `host` (or `host` is
-    /// localhost, which the generated certificate serves).
+    /// True when a configured or ACME certificate serves `host`. The generated localhost
+    /// certificate does not count: it exists so HTTPS works out of the box, not to push every
+    /// plain-HTTP request for localhost to a certificate no browser trusts.
     pub fn has_cert(&self, host: &str) -> bool {
-        self.map.load().get(host).is_some()
+        let generated = self.self_signed.as_ref().map(|l| &l.key);
+        self.map
+            .load()
+            .get(host)
+            .is_some_and(|k| generated.is_none_or(|g| !Arc::ptr_eq(g, &k)))
     }
 
     /// Paths to watch for reloads (the files' directories).
@@ -336,7 +341,14 @@ mod tests {
             !store.has_cert("x.y.example.org"),
             "a wildcard covers one label"
         );
-        assert!(store.has_cert("localhost"));
+        assert!(
+            store.map.load().get("localhost").is_some(),
+            "the generated certificate serves localhost"
+        );
+        assert!(
+            !store.has_cert("localhost"),
+            "but does not count for redirects"
+        );
         assert!(dir.path().join("tls/localhost.crt").exists());
         let before = store.map.load().get("a.example.com").unwrap();
 

@@ -489,6 +489,18 @@ fn after_exit(
         ctx.jitter,
     );
     match decision {
+        // No delay: spawn in this very step, not one timer later.
+        Decision::Restart { delay, .. } if delay.is_zero() => Step {
+            state: InstanceState::Pending,
+            history,
+            effects: vec![
+                Effect::Emit {
+                    kind: "restarting",
+                    message: format!("{message}; restarting now"),
+                },
+                Effect::Spawn,
+            ],
+        },
         Decision::Restart { delay, attempt } => {
             let until = ctx.now + delay;
             Step {

@@ -1,7 +1,8 @@
 //! Restart policy: a pure decision over (spec, history, exit, run time, now, jitter).
 //!
-//! Exponential backoff from `restart.delay`, doubling on every consecutive run shorter than
-//! `min_uptime`, capped at `max_delay`, with ±10 % jitter from an injected value so that a fleet
+//! An instance that ran at least `min_uptime` restarts at once. Runs shorter than that back off
+//! exponentially from `restart.delay`, doubling on every consecutive short run, capped at
+//! `max_delay`, with ±10 % jitter from an injected value so that a fleet
 //! of crashing instances does not restart in lockstep. More than `max_restarts` restarts within
 //! `window` is a crash loop: the instance becomes `failed` and stays so until the user acts.
 //! No IO, no clock: `now` and `jitter` are arguments.
@@ -77,20 +78,22 @@ pub fn decide(
         );
         return (Decision::GiveUp { reason }, next);
     }
-    next.attempt = if ran_for >= spec.min_uptime {
+    // After a stable run the instance comes back at once (as supervisord and PM2 do); quick
+    // crashes back off: delay, 2 x delay, 4 x delay ... up to max_delay.
+    let stable = ran_for >= spec.min_uptime;
+    next.attempt = if stable {
         0
     } else {
         history.attempt.saturating_add(1)
     };
     let attempt = next.attempt.saturating_sub(1);
+    let delay = if stable {
+        Duration::ZERO
+    } else {
+        backoff(spec, attempt, jitter)
+    };
     next.restarts.push(now);
-    (
-        Decision::Restart {
-            delay: backoff(spec, attempt, jitter),
-            attempt,
-        },
-        next,
-    )
+    (Decision::Restart { delay, attempt }, next)
 }
 
 /// `delay * 2^attempt`, capped at `max_delay`, then scaled by a jitter factor in [0.9, 1.1).
@@ -178,9 +181,10 @@ mod tests {
         assert_eq!(
             d,
             Decision::Restart {
-                delay: Duration::from_millis(100),
+                delay: Duration::ZERO,
                 attempt: 0
-            }
+            },
+            "a stable run restarts at once"
         );
     }
 

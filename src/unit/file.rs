@@ -81,6 +81,11 @@ pub const KEYS: &[&str] = &[
     "route.fail_timeout",
     "route.https_redirect",
     "route.headers",
+    "route.compress",
+    "route.rate_limit",
+    "route.rate_limit.rps",
+    "route.rate_limit.burst",
+    "route.acme",
 ];
 
 /// Defaults of optional keys; docs/units.md states the same values.
@@ -507,6 +512,7 @@ type = "http"
 [watch]
 [logs]
 [[route]]
+rate_limit = { rps = 1 }
 "#;
         let mut d = Decoder::new(Path::new("t.toml"), text);
         let root = DeTable::parse(text).unwrap();

@@ -72,26 +72,57 @@ pub struct RouteSpec {
     /// Redirect plain HTTP to HTTPS; None = when the host has a certificate.
     #[serde(default)]
     pub https_redirect: Option<bool>,
+    /// gzip text responses for clients that accept it, when the app did not compress.
+    #[serde(default = "yes")]
+    pub compress: bool,
     /// Response headers to set (overriding chain's defaults and the app's); an empty value
     /// removes the header.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// Requests allowed per client IP (token bucket); None = unlimited. Skipped when None, so
+    /// that the revisions of units written before this key keep their hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    /// Obtain `host`'s certificate by ACME (HTTP-01 answered by the proxy). Skipped when false,
+    /// so that the revisions of units written before this key keep their hash.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub acme: bool,
 }
+
+/// `route.rate_limit`: nginx's `limit_req rate=RPS burst=BURST nodelay`, per client IP.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RateLimit {
+    /// Sustained requests per second (more than 0; may be fractional).
+    pub rps: f64,
+    /// Requests allowed at once above the sustained rate: the bucket holds `burst + 1`.
+    #[serde(default)]
+    pub burst: u32,
+}
+
+/// `rps` is validated finite and positive, so equality is reflexive.
+impl Eq for RateLimit {}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BalancePolicy {
     RoundRobin,
     LeastConn,
+    /// The same client IP goes to the same instance while it is ready (rendezvous hashing:
+    /// when instances come and go, only the clients of those instances move).
+    IpHash,
+    /// A cookie pins a client to the instance that served it first (Socket.IO long polling).
+    Cookie,
 }
 
 impl BalancePolicy {
-    pub const ALL: [&'static str; 2] = ["round_robin", "least_conn"];
+    pub const ALL: [&'static str; 4] = ["round_robin", "least_conn", "ip_hash", "cookie"];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::RoundRobin => "round_robin",
             Self::LeastConn => "least_conn",
+            Self::IpHash => "ip_hash",
+            Self::Cookie => "cookie",
         }
     }
 }
@@ -272,6 +303,10 @@ impl fmt::Display for Revision {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.short())
     }
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Durations as strings (`"250ms"`, `"5s"`, `"1m30s"`) in every serialized form.

@@ -525,3 +525,119 @@ impl KeepAlive {
         self.request("GET", path, "localhost", b"")
     }
 }
+
+/// A minimal WebSocket client (RFC 6455) for tests: handshake through `addr` with `Host`,
+/// verifying the server's Sec-WebSocket-Accept, then masked frames out, frames in.
+pub struct WebSocket {
+    stream: TcpStream,
+}
+
+impl WebSocket {
+    pub fn connect(
+        addr: std::net::SocketAddr,
+        host: &str,
+        path: &str,
+    ) -> std::io::Result<WebSocket> {
+        use sha1::{Digest, Sha1};
+        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let key = "dGhlIHNhbXBsZSBub25jZQ==";
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )?;
+        // Read the response head byte by byte: nothing after it may be consumed.
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if stream.read(&mut b)? == 0 {
+                return Err(std::io::Error::other(format!(
+                    "closed during handshake: {}",
+                    String::from_utf8_lossy(&head)
+                )));
+            }
+            head.push(b[0]);
+        }
+        let head = String::from_utf8_lossy(&head).to_string();
+        if !head.starts_with("HTTP/1.1 101") {
+            return Err(std::io::Error::other(format!("no upgrade: {head}")));
+        }
+        let mut sha = Sha1::new();
+        sha.update(key.as_bytes());
+        sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+        let want = b64(&sha.finalize());
+        let got = head
+            .lines()
+            .find_map(|l| {
+                l.split_once(':')
+                    .filter(|(k, _)| k.eq_ignore_ascii_case("sec-websocket-accept"))
+            })
+            .map(|(_, v)| v.trim().to_string());
+        if got.as_deref() != Some(want.as_str()) {
+            return Err(std::io::Error::other(format!(
+                "bad Sec-WebSocket-Accept: {head}"
+            )));
+        }
+        Ok(WebSocket { stream })
+    }
+
+    /// Sends one masked frame (opcode 1 text, 2 binary, 8 close, 9 ping).
+    pub fn send(&mut self, opcode: u8, payload: &[u8]) -> std::io::Result<()> {
+        let mask = [0x37u8, 0xfa, 0x21, 0x3d];
+        let mut frame = vec![0x80 | opcode];
+        match payload.len() {
+            n if n < 126 => frame.push(0x80 | n as u8),
+            n if n <= 0xffff => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                frame.push(0x80 | 127);
+                frame.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        self.stream.write_all(&frame)
+    }
+
+    /// Reads one frame: (opcode, payload).
+    pub fn recv(&mut self) -> std::io::Result<(u8, Vec<u8>)> {
+        let mut head = [0u8; 2];
+        self.stream.read_exact(&mut head)?;
+        let mut len = u64::from(head[1] & 0x7f);
+        if len == 126 {
+            let mut b = [0u8; 2];
+            self.stream.read_exact(&mut b)?;
+            len = u64::from(u16::from_be_bytes(b));
+        } else if len == 127 {
+            let mut b = [0u8; 8];
+            self.stream.read_exact(&mut b)?;
+            len = u64::from_be_bytes(b);
+        }
+        let mut payload = vec![0u8; len as usize];
+        self.stream.read_exact(&mut payload)?;
+        Ok((head[0] & 0x0f, payload))
+    }
+}
+
+fn b64(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            out.push(if i <= chunk.len() {
+                T[((n >> (18 - 6 * i)) & 63) as usize] as char
+            } else {
+                '='
+            });
+        }
+    }
+    out
+}

@@ -7,6 +7,7 @@ mod env;
 mod health;
 mod logs;
 mod process;
+mod rate_limit;
 mod restart;
 mod route;
 mod top;

@@ -77,9 +77,15 @@ fn decode_route(d: &mut Decoder<'_>, mut t: Table<'_, '_>) -> Option<RouteSpec> 
                 ("leastconn", "least_conn"),
                 ("roundrobin", "round_robin"),
                 ("rr", "round_robin"),
+                ("affinity", "cookie"),
+                ("sticky", "cookie"),
+                ("iphash", "ip_hash"),
+                ("ip", "ip_hash"),
             ],
         ) {
             Some("least_conn") => BalancePolicy::LeastConn,
+            Some("ip_hash") => BalancePolicy::IpHash,
+            Some("cookie") => BalancePolicy::Cookie,
             Some(_) => BalancePolicy::RoundRobin,
             None => {
                 ok = false;
@@ -118,6 +124,13 @@ fn decode_route(d: &mut Decoder<'_>, mut t: Table<'_, '_>) -> Option<RouteSpec> 
         ok &= v.is_some();
         v
     });
+    let compress = match t.take(d, "compress") {
+        Some(f) => f.bool(d).unwrap_or_else(|| {
+            ok = false;
+            true
+        }),
+        None => true,
+    };
     let mut headers = std::collections::BTreeMap::new();
     if let Some(f) = t.take(d, "headers") {
         match f.table(d) {
@@ -163,6 +176,29 @@ fn decode_route(d: &mut Decoder<'_>, mut t: Table<'_, '_>) -> Option<RouteSpec> 
         }),
         None => defaults::ROUTE_MAX_FAILS,
     };
+    let rate_limit = t.take(d, "rate_limit").and_then(|f| {
+        let v = super::rate_limit::decode_rate_limit(d, &f);
+        ok &= v.is_some();
+        v
+    });
+    let acme = match t.take(d, "acme") {
+        Some(f) => match f.bool(d) {
+            Some(true) => {
+                // An invalid `host` was reported already; do not add a second error for it.
+                if let Some((message, hint)) = acme_host_problem(host.as_deref(), ok) {
+                    f.error(d, message, Some(hint));
+                    ok = false;
+                }
+                true
+            }
+            Some(false) => false,
+            None => {
+                ok = false;
+                false
+            }
+        },
+        None => false,
+    };
     t.end(d);
     ok.then_some(RouteSpec {
         host,
@@ -175,8 +211,29 @@ fn decode_route(d: &mut Decoder<'_>, mut t: Table<'_, '_>) -> Option<RouteSpec> 
         max_fails,
         fail_timeout,
         https_redirect,
+        compress,
         headers,
+        acme,
+        rate_limit,
     })
+}
+
+/// Why `acme = true` cannot work with this route's host (HTTP-01 proves one exact name).
+fn acme_host_problem(host: Option<&str>, host_ok: bool) -> Option<(String, String)> {
+    match host {
+        None if host_ok => Some((
+            "`acme = true` needs the route's `host`: a certificate is issued for one name".into(),
+            "add host = \"www.example.com\" (the name clients use, pointing at this machine)"
+                .into(),
+        )),
+        None => None,
+        Some(h) => h.strip_prefix("*.").map(|parent| {
+            (
+                format!("`acme = true` cannot get a certificate for the wildcard {h:?}: HTTP-01 validates exact names only"),
+                format!("write one route per name (host = \"www.{parent}\"), or use a [[certificate]] in chaind.toml for the wildcard"),
+            )
+        }),
+    }
 }
 
 /// Lowercased host; `*.` only as the first label.
