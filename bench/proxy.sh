@@ -14,6 +14,8 @@
 # Environment:
 #   BENCH_QUICK=1      1 run of 5 s per figure instead of the median of 3 runs of 15 s
 #   BENCH_NO_BUILD=1   use the binaries already in target/release
+#   BENCH_BIN=DIR      use DIR/chaind and DIR/chainctl (e.g. a build of a clean `git archive`
+#                      of one commit in its own CARGO_TARGET_DIR); implies no build
 #   BENCH_KEEP=1       keep the temporary directory (configs, logs, perf data) for inspection
 #   BENCH_TIMEOUT=5400 hard limit in seconds for the whole measurement
 #   BENCH_PERF=1       also profile each proxy with perf during an HTTPS keep-alive run
@@ -31,13 +33,16 @@ die() { echo "proxy.sh: $*" >&2; exit 1; }
 command -v python3 >/dev/null || die "python3 is required"
 command -v openssl >/dev/null || die "openssl is required"
 
-if [[ "${BENCH_NO_BUILD:-0}" != 1 ]]; then
+bindir=${BENCH_BIN:-target/release}
+if [[ -n "${BENCH_BIN:-}" ]]; then
+    BENCH_NO_BUILD=1
+elif [[ "${BENCH_NO_BUILD:-0}" != 1 ]]; then
     echo "== building release binaries (waits for the cargo lock if another build runs)"
     cargo build --release --bins --examples \
         || die "cargo build failed; fix the build, or rerun with BENCH_NO_BUILD=1 to measure the binaries already in target/release"
 fi
 for b in chaind chainctl; do
-    [[ -x target/release/$b ]] || die "target/release/$b is missing; build with: cargo build --release --bins --examples"
+    [[ -x $bindir/$b ]] || die "$bindir/$b is missing; build with: cargo build --release --bins --examples"
 done
 
 missing=()
@@ -111,10 +116,11 @@ fi
 
 # Private copies: other builds in the same target directory must not swap binaries mid-run.
 mkdir -p "$run/bin"
-cp -p target/release/chaind target/release/chainctl "$run/bin/"
+cp -p "$bindir/chaind" "$bindir/chainctl" "$run/bin/"
 
 echo "== machine: $(nproc) cores, kernel $(uname -r), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "== versions: $(nginx -v 2>&1), $(haproxy -v | head -1 | cut -d' ' -f1-3), $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2), $(h2load --version | head -1), $(openssl version)"
+[[ -n "${BENCH_BIN:-}" ]] && echo "== binaries from $BENCH_BIN (not target/release)"
 echo "== chain HEAD $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src agent Cargo.toml Cargo.lock 2>/dev/null || echo ' (+ uncommitted changes in src/agent/Cargo.*)')${BENCH_NO_BUILD:+ (not rebuilt: the binaries may predate HEAD)}"
 dirty=$(git status --porcelain -- src agent Cargo.toml Cargo.lock 2>/dev/null | awk '{print $2}' | tr '\n' ' ')
 [[ -n "$dirty" ]] && echo "== uncommitted when the script started: $dirty"

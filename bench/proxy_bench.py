@@ -26,8 +26,10 @@ Environment:
   BENCH_WORKERS=1,2      worker counts
   BENCH_ROWS=https,http,newconn,h2   which rows
   BENCH_PROXIES=chain,nginx,haproxy
-  BENCH_PERF=1           afterwards, profile each proxy (perf record) during an HTTPS
-                         keep-alive run with 1 worker and print its top symbols
+  BENCH_PERF=1           after the 1-worker rows, profile each proxy during HTTPS keep-alive
+                         runs: perf stat (syscalls, context switches per request) and perf
+                         record (self time by category and symbol); BENCH_PERF=dwarf also
+                         records call graphs (keep them with BENCH_KEEP=1 for perf report)
   BENCH_MAX_FOREIGN=0.25 CPU (in cores) used by processes other than ours during a run above
                          which the run is repeated once the machine is quiet (at most twice)
 """
@@ -55,6 +57,7 @@ WORKERS = [int(x) for x in os.environ.get("BENCH_WORKERS", "1,2").split(",") if 
 ROWS = [x for x in os.environ.get("BENCH_ROWS", "https,http,newconn,h2").split(",") if x]
 PROXIES = [x for x in os.environ.get("BENCH_PROXIES", "chain,nginx,haproxy").split(",") if x]
 PERF = os.environ.get("BENCH_PERF", "") not in ("", "0")
+PERF_DWARF = os.environ.get("BENCH_PERF", "") == "dwarf"
 MAX_FOREIGN = float(os.environ.get("BENCH_MAX_FOREIGN", "0.25"))
 HOST = "bench.local"
 WRK_THREADS = 2
@@ -873,14 +876,16 @@ http {{
             # 2. perf record: flat profile (self time), by DSO, crate and symbol.
             data = os.path.join(self.run, f"perf-{name}.data")
             rec = subprocess.Popen(
-                ["perf", "record", "-F", "997", "-o", data, "-p", pids, "--", "sleep", str(secs)],
+                ["perf", "record", "-F", "997", "-o", data, "-p", pids]
+                + (["--call-graph", "dwarf,16384"] if PERF_DWARF else [])
+                + ["--", "sleep", str(secs)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.run, env=self.tool_env())
             time.sleep(0.3)
             r, _ = self.loadgen("https", p.https_port, secs)
             rec.wait(60)
             rep = subprocess.run(
                 ["perf", "report", "-i", data, "--no-children", "--sort", "dso,sym", "--stdio",
-                 "--percent-limit", "0"],
+                 "--percent-limit", "0", "-g", "none"],
                 capture_output=True, cwd=self.run, timeout=300).stdout.decode(errors="replace")
             rows = []
             for line in rep.splitlines():
@@ -909,11 +914,11 @@ http {{
             self.verify(workers)
             quiet = self.wait_quiet(MAX_FOREIGN / 2, timeout=60)
             info("quiet", workers=workers, foreign_cores=f"{quiet:.2f}", load=loadavg())
-            if i == 0:
-                # The limit of the setup: wrk straight to the backend, plain HTTP.
-                log("backend direct (plain HTTP, wrk)")
-                for _ in range(RUNS):
-                    self.record("backend", 0, "backend", self.measure_once("backend", "http", 0))
+            # The limit of the setup: wrk straight to the backend, plain HTTP (once per phase:
+            # it also shows how much the machine drifted between phases).
+            log("backend direct (plain HTTP, wrk)")
+            for _ in range(RUNS):
+                self.record("backend", workers, "backend", self.measure_once("backend", "http", 0))
             for row in rows:
                 self.measure_row(row, workers, list(self.proxies))
             if PERF and workers == 1:
@@ -923,9 +928,11 @@ http {{
         self.report()
 
     def report(self):
-        b = self.results.get(("backend", 0, "rps"), {}).get("backend", [])
-        if b:
-            info("backend_direct_http", rps=f"{median(b):.0f}", samples=",".join(f"{x:.0f}" for x in b))
+        for workers in WORKERS:
+            b = self.results.get(("backend", workers, "rps"), {}).get("backend", [])
+            if b:
+                info("backend_direct_http", phase=f"w{workers}", rps=f"{median(b):.0f}",
+                     samples=",".join(f"{x:.0f}" for x in b))
         metric_names = {
             "https": [("rps", "https_keepalive_rps"), ("p50_ms", "https_p50_ms"),
                       ("p99_ms", "https_p99_ms"), ("cpu_us_per_req", "https_cpu_us_per_req")],

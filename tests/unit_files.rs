@@ -63,6 +63,7 @@ fn ctx() -> ResolveCtx {
     ResolveCtx {
         profile: None,
         cpus: 4,
+        ..Default::default()
     }
 }
 
@@ -88,6 +89,7 @@ fn valid_units_resolve_as_documented() {
     let staging = ResolveCtx {
         profile: Some("staging".into()),
         cpus: 3,
+        ..Default::default()
     };
     let web = load_file(Path::new("tests/units/valid/web.toml"), &staging).unwrap();
     let spec = &web.spec;

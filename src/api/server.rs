@@ -44,7 +44,26 @@ pub trait ControlPlane: Clone + Send + Sync + 'static {
         name: &str,
         action: UnitAction,
         wait: bool,
+        caller: Option<u32>,
     ) -> impl Future<Output = Result<ActionResult, ApiError>> + Send;
+    fn deploy(
+        &self,
+        name: &str,
+        req: DeployRequest,
+        wait: bool,
+        caller: Option<u32>,
+    ) -> impl Future<Output = Result<ActionResult, ApiError>> + Send;
+    fn rollback(
+        &self,
+        name: &str,
+        req: RollbackRequest,
+        wait: bool,
+        caller: Option<u32>,
+    ) -> impl Future<Output = Result<ActionResult, ApiError>> + Send;
+    /// The newest `n` deploys of a unit (`chainctl history`).
+    fn history(&self, name: &str, n: usize) -> Result<Vec<DeployInfo>, ApiError>;
+    /// What the next deploy of a unit changes (`chainctl diff`).
+    fn diff(&self, name: &str) -> Result<DiffInfo, ApiError>;
     fn events(&self, n: usize, unit: Option<&str>) -> Result<Vec<EventInfo>, ApiError>;
     fn subscribe_events(&self) -> broadcast::Receiver<EventInfo>;
     /// Directory holding `{unit}.log` files.
@@ -99,9 +118,10 @@ pub async fn serve<C: ControlPlane>(
         let stop = close.clone();
         tokio::spawn(async move {
             let allowed = cred.is_some_and(|c| access.allows(c.uid(), c.gid(), c.pid()));
+            let caller = cred.map(|c| c.uid());
             let svc = hyper::service::service_fn(move |req| {
                 let cp = cp.clone();
-                async move { Ok::<_, Infallible>(route(cp, req, allowed).await) }
+                async move { Ok::<_, Infallible>(route(cp, req, allowed, caller).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc);
@@ -115,8 +135,13 @@ pub async fn serve<C: ControlPlane>(
     }
 }
 
-async fn route<C: ControlPlane>(cp: C, req: Request<Incoming>, allowed: bool) -> Response<Body> {
-    match handle(cp, req, allowed).await {
+async fn route<C: ControlPlane>(
+    cp: C,
+    req: Request<Incoming>,
+    allowed: bool,
+    caller: Option<u32>,
+) -> Response<Body> {
+    match handle(cp, req, allowed, caller).await {
         Ok(r) => r,
         Err(e) => error(e),
     }
@@ -126,6 +151,7 @@ async fn handle<C: ControlPlane>(
     cp: C,
     req: Request<Incoming>,
     allowed: bool,
+    caller: Option<u32>,
 ) -> Result<Response<Body>, ApiError> {
     let path = req.uri().path().to_string();
     let query = Query::parse(req.uri().query().unwrap_or(""));
@@ -168,20 +194,48 @@ async fn handle<C: ControlPlane>(
             let result = cp.apply(apply).await?;
             json(&result)
         }
+        (&Method::POST, ["units", name, "deploy"]) => {
+            let wait = query.flag("wait")?.unwrap_or(false);
+            let body = read_body(req).await?;
+            let r: DeployRequest = if body.is_empty() {
+                DeployRequest::default()
+            } else {
+                serde_json::from_slice(&body)
+                    .map_err(|e| bad_request(format!("deploy body: {e}")))?
+            };
+            json(&cp.deploy(name, r, wait, caller).await?)
+        }
+        (&Method::POST, ["units", name, "rollback"]) => {
+            let wait = query.flag("wait")?.unwrap_or(false);
+            let body = read_body(req).await?;
+            let r: RollbackRequest = if body.is_empty() {
+                RollbackRequest::default()
+            } else {
+                serde_json::from_slice(&body)
+                    .map_err(|e| bad_request(format!("rollback body: {e}")))?
+            };
+            json(&cp.rollback(name, r, wait, caller).await?)
+        }
         (&Method::POST, ["units", name, action]) => {
             let Some(action) = UnitAction::parse(action) else {
                 return Err(not_found(&path));
             };
             let wait = query.flag("wait")?.unwrap_or(false);
-            json(&cp.unit_action(name, action, wait).await?)
+            json(&cp.unit_action(name, action, wait, caller).await?)
         }
+        (&Method::GET, ["units", name, "history"]) => {
+            let n = query.usize("lines")?.unwrap_or(20);
+            json(&cp.history(name, n)?)
+        }
+        (&Method::GET, ["units", name, "diff"]) => json(&cp.diff(name)?),
         (&Method::GET, ["events"]) => events(&cp, &query),
         (
             _,
             ["version" | "instances" | "events" | "apply" | "routes"]
             | ["units"]
             | ["units", _]
-            | ["units", _, "spec" | "logs" | "start" | "stop" | "restart" | "reload"],
+            | ["units", _, "spec" | "logs" | "start" | "stop" | "restart" | "reload" | "deploy" | "rollback"
+            | "history" | "diff"],
         ) => Err(ApiError {
             code: ErrorCode::MethodNotAllowed,
             message: format!("{method} is not allowed on {path}"),

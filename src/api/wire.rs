@@ -88,6 +88,12 @@ pub struct InstanceInfo {
     #[serde(default)]
     pub detail: Option<String>,
     pub ready: bool,
+    /// The proxy sends it traffic (ready, and for blue-green in the serving set).
+    #[serde(default)]
+    pub routed: bool,
+    /// The deployment it belongs to (a deploy runs old and new deployments side by side).
+    #[serde(default)]
+    pub deployment: u64,
     pub pid: Option<i32>,
     pub port: Option<u16>,
     pub uptime_secs: Option<u64>,
@@ -158,6 +164,10 @@ pub struct ApplyResult {
     pub unchanged: Vec<String>,
     /// Units whose files have problems, with every problem (file:line:column: message).
     pub invalid: Vec<UnitErrors>,
+    /// Units whose file holds a revision that failed to deploy (or was rolled back): it is not
+    /// deployed again until the file changes or `chainctl deploy` asks for it.
+    #[serde(default)]
+    pub held: Vec<String>,
     pub profile: Option<String>,
 }
 
@@ -175,6 +185,8 @@ pub enum UnitAction {
     Stop,
     Restart,
     Reload,
+    Deploy,
+    Rollback,
 }
 
 impl UnitAction {
@@ -184,6 +196,8 @@ impl UnitAction {
             Self::Stop => "stop",
             Self::Restart => "restart",
             Self::Reload => "reload",
+            Self::Deploy => "deploy",
+            Self::Rollback => "rollback",
         }
     }
 
@@ -230,6 +244,73 @@ pub struct RouteInstance {
     pub inflight: u64,
     /// Skipped by passive health after failed attempts.
     pub down: bool,
+}
+
+/// `POST /v1/units/{unit}/deploy`: deploy the unit file now, with optional overrides.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DeployRequest {
+    /// `key=value` overrides on top of the unit file (kept until unset or reset).
+    #[serde(default)]
+    pub set: Vec<String>,
+    /// Override keys to drop.
+    #[serde(default)]
+    pub unset: Vec<String>,
+    /// Drop every override.
+    #[serde(default)]
+    pub reset: bool,
+    /// This deploy only: `rolling` or `blue-green`.
+    #[serde(default)]
+    pub strategy: Option<String>,
+}
+
+/// `POST /v1/units/{unit}/rollback`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RollbackRequest {
+    /// A revision (or a prefix of one) to go to; default: undo the deploy in progress, else
+    /// the revision before the current one.
+    #[serde(default)]
+    pub to: Option<String>,
+}
+
+/// One row of `chainctl history`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeployInfo {
+    pub deployment: u64,
+    /// RFC 3339, UTC.
+    pub started: String,
+    pub from_revision: String,
+    pub to_revision: String,
+    pub strategy: String,
+    /// file | apply | deploy | reload | restart | rollback | watch | start
+    pub trigger: String,
+    /// The uid that asked, when it came through the API.
+    pub caller: Option<u32>,
+    /// in_progress | succeeded | failed | rolled_back | halted | superseded
+    pub outcome: String,
+    pub duration_ms: Option<u64>,
+    pub reason: Option<String>,
+}
+
+/// `chainctl diff`: what the next deploy changes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DiffInfo {
+    pub unit: String,
+    /// The revision running (wanted) now.
+    pub running: Option<String>,
+    /// The revision the unit file (with overrides and profile) resolves to.
+    pub file: Option<String>,
+    /// One entry per changed key: `path`, old and new JSON values (null when absent).
+    pub changes: Vec<Change>,
+    /// Problems that keep the file from deploying.
+    #[serde(default)]
+    pub errors: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    pub path: String,
+    pub old: serde_json::Value,
+    pub new: serde_json::Value,
 }
 
 /// One line of `logs` output (NDJSON when streamed).

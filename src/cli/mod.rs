@@ -76,6 +76,52 @@ pub enum Cmd {
         #[arg(long)]
         no_wait: bool,
     },
+    /// Deploy the unit file now (a new deployment even when nothing changed), with the unit's
+    /// strategy; progress is streamed with --wait.
+    Deploy {
+        /// Unit name (the unit file's name without .toml).
+        unit: String,
+        /// Override a unit key, e.g. --set env.VERSION=v2 --set instances=4 (kept until unset).
+        #[arg(long, value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Drop an override.
+        #[arg(long, value_name = "KEY")]
+        unset: Vec<String>,
+        /// Drop every override.
+        #[arg(long)]
+        reset: bool,
+        /// This deploy only: rolling or blue-green.
+        #[arg(long, value_parser = ["rolling", "blue-green"])]
+        strategy: Option<String>,
+        /// Wait until the deploy ends, showing its steps; exit non-zero when it fails.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Go back: undo the deploy in progress, or deploy the previous revision (instant while a
+    /// blue-green deploy keeps the previous set).
+    Rollback {
+        /// Unit name (the unit file's name without .toml).
+        unit: String,
+        /// The revision to go to (a prefix is enough; see `chainctl history`).
+        #[arg(long, value_name = "REV")]
+        to: Option<String>,
+        /// Return at once instead of waiting until the rollback completes.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// A unit's deploys: revisions, time, caller, strategy, outcome, duration.
+    History {
+        /// Unit name (the unit file's name without .toml).
+        unit: String,
+        /// Deploys to show.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        lines: usize,
+    },
+    /// What the next deploy of a unit changes: the unit file (with overrides) against what runs.
+    Diff {
+        /// Unit name (the unit file's name without .toml).
+        unit: String,
+    },
     /// Show a unit's logs.
     Logs {
         /// Unit name (the unit file's name without .toml).
@@ -184,6 +230,109 @@ async fn dispatch(c: &Client, args: &Args) -> Result<i32, Error> {
             action(c, unit, UnitAction::Restart, !no_wait, json).await
         }
         Cmd::Reload { unit, no_wait } => action(c, unit, UnitAction::Reload, !no_wait, json).await,
+        Cmd::Deploy {
+            unit,
+            set,
+            unset,
+            reset,
+            strategy,
+            wait,
+        } => {
+            let body = DeployRequest {
+                set: set.clone(),
+                unset: unset.clone(),
+                reset: *reset,
+                strategy: strategy.clone(),
+            };
+            let path = format!("/v1/units/{}/deploy?wait={wait}", enc(unit));
+            progress(
+                c,
+                unit,
+                UnitAction::Deploy,
+                &path,
+                serde_json::to_value(&body).unwrap_or_default(),
+                *wait,
+                json,
+            )
+            .await
+        }
+        Cmd::Rollback { unit, to, no_wait } => {
+            let body = RollbackRequest { to: to.clone() };
+            let path = format!("/v1/units/{}/rollback?wait={}", enc(unit), !no_wait);
+            progress(
+                c,
+                unit,
+                UnitAction::Rollback,
+                &path,
+                serde_json::to_value(&body).unwrap_or_default(),
+                !no_wait,
+                json,
+            )
+            .await
+        }
+        Cmd::History { unit, lines } => {
+            let rows: Vec<DeployInfo> = c
+                .get(&format!("/v1/units/{}/history?lines={lines}", enc(unit)))
+                .await?;
+            if json {
+                print_json(&rows);
+            } else {
+                let mut t = Table::new(&[
+                    "DEPLOY", "STARTED", "REVISION", "STRATEGY", "TRIGGER", "BY", "OUTCOME",
+                    "TOOK", "REASON",
+                ]);
+                for r in &rows {
+                    let from = short(&r.from_revision);
+                    let rev = if from.is_empty() {
+                        short(&r.to_revision).to_string()
+                    } else {
+                        format!("{from} → {}", short(&r.to_revision))
+                    };
+                    t.row(vec![
+                        r.deployment.to_string(),
+                        r.started.get(..19).unwrap_or(&r.started).replace('T', " "),
+                        rev,
+                        r.strategy.clone(),
+                        r.trigger.clone(),
+                        r.caller
+                            .map(|u| format!("uid {u}"))
+                            .unwrap_or_else(|| "-".into()),
+                        r.outcome.clone(),
+                        r.duration_ms
+                            .map(|ms| format!("{:.1}s", ms as f64 / 1000.0))
+                            .unwrap_or_else(|| "-".into()),
+                        r.reason.clone().unwrap_or_default(),
+                    ]);
+                }
+                print!("{}", t.render());
+            }
+            Ok(0)
+        }
+        Cmd::Diff { unit } => {
+            let d: DiffInfo = c.get(&format!("/v1/units/{}/diff", enc(unit))).await?;
+            if json {
+                print_json(&d);
+            } else {
+                let (from, to) = (
+                    d.running.as_deref().map(short).unwrap_or("-"),
+                    d.file.as_deref().map(short).unwrap_or("-"),
+                );
+                if !d.errors.is_empty() {
+                    println!("{unit}: the unit file does not deploy:");
+                    for e in &d.errors {
+                        println!("  {e}");
+                    }
+                } else if d.changes.is_empty() {
+                    println!("{unit}: no changes (revision {from})");
+                } else {
+                    println!("{unit}: revision {from} → {to}");
+                    for ch in &d.changes {
+                        println!("  {}: {} → {}", ch.path, ch.old, ch.new);
+                    }
+                }
+            }
+            Ok(if d.errors.is_empty() { 0 } else { 1 })
+        }
         Cmd::Logs {
             unit,
             follow,
@@ -306,6 +455,9 @@ async fn action(
     json: bool,
 ) -> Result<i32, Error> {
     let path = format!("/v1/units/{}/{}?wait={wait}", enc(unit), action.as_str());
+    if wait && matches!(action, UnitAction::Reload | UnitAction::Restart) {
+        return progress(c, unit, action, &path, serde_json::Value::Null, true, json).await;
+    }
     let r: ActionResult = c.post::<(), _>(&path, None).await?;
     if json {
         print_json(&r);
@@ -315,6 +467,8 @@ async fn action(
             (UnitAction::Stop, true) => "stopped",
             (UnitAction::Restart, true) => "restarted",
             (UnitAction::Reload, true) => "reloaded",
+            (UnitAction::Deploy, true) => "deployed",
+            (UnitAction::Rollback, true) => "rolled back",
             (_, false) => "requested",
         };
         println!("{unit}: {} {verb}", action.as_str());
@@ -323,6 +477,87 @@ async fn action(
         }
     }
     Ok(0)
+}
+
+/// Posts a deployment-making call; while it runs (when waiting), streams the unit's events as
+/// its steps: `+1.2s web.0 started pid 4711 on port 20017`. With --json the events are NDJSON
+/// and the last line is the result (or the error).
+async fn progress(
+    c: &Client,
+    unit: &str,
+    action: UnitAction,
+    path: &str,
+    body: serde_json::Value,
+    wait: bool,
+    json: bool,
+) -> Result<i32, Error> {
+    let started = std::time::Instant::now();
+    let (connected_tx, connected) = tokio::sync::oneshot::channel::<()>();
+    let (ended_tx, mut ended) = tokio::sync::watch::channel(false);
+    let follower = wait.then(|| {
+        let c = c.clone();
+        // One line of history: its arrival says the stream is connected (it is not printed).
+        let events = format!("/v1/events?follow=true&lines=1&unit={}", enc(unit));
+        tokio::spawn(async move {
+            let mut connected_tx = Some(connected_tx);
+            let _ = c
+                .stream::<EventInfo>(&events, |e| {
+                    if let Some(tx) = connected_tx.take() {
+                        let _ = tx.send(());
+                        return true;
+                    }
+                    if json {
+                        println!("{}", serde_json::to_string(&e).unwrap_or_default());
+                    } else {
+                        let who = e
+                            .instance
+                            .map(|i| format!("{}.{i}", e.unit))
+                            .unwrap_or_else(|| e.unit.clone());
+                        println!(
+                            "  +{:>5.1}s  {who:<10} {:<12} {}",
+                            started.elapsed().as_secs_f64(),
+                            e.kind,
+                            e.message
+                        );
+                    }
+                    if e.kind == "deploy-failed"
+                        || (e.kind == "deploy" && e.message.contains(" deployed in "))
+                    {
+                        let _ = ended_tx.send(true);
+                    }
+                    true
+                })
+                .await;
+        })
+    });
+    if follower.is_some() {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), connected).await;
+    }
+    let body = (!body.is_null()).then_some(body);
+    let result: Result<ActionResult, Error> = c.post(path, body.as_ref()).await;
+    if let Some(f) = follower {
+        // The deploy's last event may trail the reply: wait for it, briefly.
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_secs(2), ended.wait_for(|e| *e)).await;
+        f.abort();
+    }
+    let r = result?;
+    if json {
+        println!("{}", serde_json::to_string(&r).unwrap_or_default());
+    } else {
+        let verb = if r.completed { "done" } else { "started" };
+        println!(
+            "{unit}: {} {verb} (deployment {}) in {:.1}s",
+            action.as_str(),
+            r.deployment,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(0)
+}
+
+fn short(rev: &str) -> &str {
+    rev.get(..12).unwrap_or(rev)
 }
 
 fn print_json<T: serde::Serialize>(v: &T) {

@@ -452,15 +452,127 @@ impl ControlPlane for Plane {
         name: &str,
         action: UnitAction,
         wait: bool,
+        caller: Option<u32>,
     ) -> Result<ActionResult, ApiError> {
         let unit = name.to_string();
         self.ask(|reply| Command::Unit {
             unit,
             action,
             wait,
+            caller,
             reply,
         })
         .await
+    }
+
+    async fn deploy(
+        &self,
+        name: &str,
+        request: DeployRequest,
+        wait: bool,
+        caller: Option<u32>,
+    ) -> Result<ActionResult, ApiError> {
+        let unit = name.to_string();
+        self.ask(|reply| Command::Deploy {
+            unit,
+            request,
+            wait,
+            caller,
+            reply,
+        })
+        .await
+    }
+
+    async fn rollback(
+        &self,
+        name: &str,
+        req: RollbackRequest,
+        wait: bool,
+        caller: Option<u32>,
+    ) -> Result<ActionResult, ApiError> {
+        let unit = name.to_string();
+        self.ask(|reply| Command::Rollback {
+            unit,
+            to: req.to,
+            wait,
+            caller,
+            reply,
+        })
+        .await
+    }
+
+    fn history(&self, name: &str, n: usize) -> Result<Vec<DeployInfo>, ApiError> {
+        if !self.has_unit(name) {
+            return Err(server::unit_not_found(name));
+        }
+        let recs = self.handle.store.deploys(name, n).map_err(|e| ApiError {
+            code: ErrorCode::Internal,
+            message: format!("reading history: {e}"),
+        })?;
+        Ok(recs
+            .into_iter()
+            .map(|r| DeployInfo {
+                deployment: r.deployment,
+                started: chain_agent::logs::format_timestamp(
+                    SystemTime::UNIX_EPOCH + Duration::from_millis(r.started_ms),
+                ),
+                from_revision: r.from_revision,
+                to_revision: r.to_revision,
+                strategy: r.strategy,
+                trigger: r.trigger,
+                caller: r.caller,
+                outcome: r.outcome,
+                duration_ms: r.finished_ms.map(|f| f.saturating_sub(r.started_ms)),
+                reason: r.reason,
+            })
+            .collect())
+    }
+
+    fn diff(&self, name: &str) -> Result<DiffInfo, ApiError> {
+        let snap = self.snap();
+        let u = snap
+            .units
+            .get(name)
+            .ok_or_else(|| server::unit_not_found(name))?;
+        let overrides = self
+            .handle
+            .store
+            .units()
+            .ok()
+            .and_then(|units| units.into_iter().find(|r| r.name == name))
+            .map(|r| r.overrides)
+            .unwrap_or_default();
+        let ctx = crate::unit::ResolveCtx {
+            profile: snap.profile.clone(),
+            cpus: chain_agent::host::cpu_count(),
+            overrides: [(name.to_string(), overrides)].into_iter().collect(),
+        };
+        let path = std::path::Path::new(&u.summary.file);
+        let running = u
+            .spec
+            .as_deref()
+            .map(|s| serde_json::to_value(s).unwrap_or_default());
+        let (file, errors) = match crate::unit::load_file(path, &ctx) {
+            Ok(l) => (
+                Some((
+                    l.revision,
+                    serde_json::to_value(&l.spec).unwrap_or_default(),
+                )),
+                Vec::new(),
+            ),
+            Err(errs) => (None, errs.iter().map(|e| e.to_string()).collect()),
+        };
+        let mut changes = Vec::new();
+        if let (Some(old), Some((_, new))) = (&running, &file) {
+            json_diff("", old, new, &mut changes);
+        }
+        Ok(DiffInfo {
+            unit: name.to_string(),
+            running: u.summary.revision.clone(),
+            file: file.map(|(r, _)| r.0),
+            changes,
+            errors,
+        })
     }
 
     fn events(&self, n: usize, unit: Option<&str>) -> Result<Vec<EventInfo>, ApiError> {
@@ -499,6 +611,35 @@ impl ControlPlane for Plane {
 
     fn has_unit(&self, name: &str) -> bool {
         self.snap().units.contains_key(name)
+    }
+}
+
+/// Every leaf that differs between two JSON values, as dotted paths.
+fn json_diff(path: &str, old: &serde_json::Value, new: &serde_json::Value, out: &mut Vec<Change>) {
+    use serde_json::Value;
+    match (old, new) {
+        (Value::Object(a), Value::Object(b)) => {
+            let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+            for k in keys {
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                json_diff(
+                    &p,
+                    a.get(k).unwrap_or(&Value::Null),
+                    b.get(k).unwrap_or(&Value::Null),
+                    out,
+                );
+            }
+        }
+        (a, b) if a != b => out.push(Change {
+            path: path.to_string(),
+            old: a.clone(),
+            new: b.clone(),
+        }),
+        _ => {}
     }
 }
 

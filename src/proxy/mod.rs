@@ -283,7 +283,7 @@ fn build(
         let upstreams: Vec<Arc<Upstream>> = unit
             .instances
             .iter()
-            .filter(|i| i.info.ready)
+            .filter(|i| i.info.routed)
             .filter_map(|i| {
                 let port = i.info.port?;
                 let key = (name.clone(), i.info.generation);

@@ -1,18 +1,31 @@
 //! `plan`: desired units + observed instances → the actions that move one toward the other.
 //!
 //! Pure and idempotent: planning again from the state the actions produce yields no new
-//! actions. The supervisor calls it after every event. Rules, per unit:
+//! actions, and time comes in as an argument. The supervisor calls it after every event.
+//!
+//! Per unit:
 //! - A unit that is stopped, removed, or (at shutdown) has no live dependents left: stop every
 //!   instance. At shutdown a unit waits until every unit depending on it has no live instance,
 //!   so stops run in reverse dependency order.
-//! - Indices `0..count` each want one live instance of the current deployment. A missing one is
-//!   started once the unit's dependencies meet their conditions.
-//! - Replacing an older deployment is rolling by default: one index at a time, the new instance
-//!   starts next to the old one (surge), the old one is stopped once the new one is ready.
-//!   Fixed ports cannot surge, so those stop first. `restart` replaces all at once.
-//! - A current-deployment instance that failed halts the rollout; older instances keep serving.
+//! - Indices `0..count` each want one live instance of the current deployment; a missing one is
+//!   started once the unit's dependencies meet their conditions. Instances beyond `count`, and
+//!   instances of a deployment newer than the wanted one (an aborted deploy), are stopped.
+//! - Older instances are replaced by the unit's rollout:
+//!   - rolling: at most `count + max_surge` live instances and at least `count -
+//!     max_unavailable` ready ones; an old instance goes once its replacement is healthy (ready
+//!     for `min_healthy_time`). Fixed ports cannot surge, so those replace stop-first.
+//!   - blue-green: the whole new set starts next to the old one (out of rotation); once every
+//!     new instance is healthy (and the verify probe passed) the route switches at once; then
+//!     the old set stops, or is kept out of rotation for `keep_previous`.
+//!   - immediate (`chainctl restart`): every old instance stops at once.
+//! - A tracked deploy completes when every index has a healthy new instance and no old one is
+//!   left (blue-green: after the switch); it aborts when a new instance fails or
+//!   `healthy_deadline` passes first. A halted deploy changes nothing more.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::unit::{Dependency, DependencyCondition};
 
@@ -26,7 +39,7 @@ pub enum Phase {
     /// Stopping in order to start again (user restart, failed checks, memory): still holds
     /// its slot.
     Restarting,
-    /// Stopping for good.
+    /// Stopping (or draining) for good.
     Stopping,
     Exited {
         success: bool,
@@ -46,10 +59,37 @@ impl Phase {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rollout {
-    /// One index at a time, each next one only after the new instance is ready.
-    Rolling,
+    Rolling {
+        max_surge: u32,
+        max_unavailable: u32,
+    },
+    BlueGreen,
     /// Every old instance is stopped at once (`chainctl restart`).
     Immediate,
+}
+
+/// The blue-green verify probe's progress for the current deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verify {
+    /// No probe configured.
+    None,
+    NotRun,
+    Running,
+    Passed,
+    Failed,
+}
+
+/// A deploy the supervisor tracks (a previous version was serving when it began).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tracked {
+    pub started: Instant,
+    pub healthy_deadline: Duration,
+    pub min_healthy_time: Duration,
+    pub verify: Verify,
+    /// Blue-green: the route points at the new set.
+    pub switched: bool,
+    /// The deploy failed and auto_rollback is off: nothing moves until someone acts.
+    pub halted: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +100,10 @@ pub struct Want {
     /// New instances may run next to old ones (false for fixed ports).
     pub surge: bool,
     pub depends_on: Vec<Dependency>,
+    pub tracked: Option<Tracked>,
+    /// Instances of this deployment stay (out of rotation) until the instant passes:
+    /// blue-green's `keep_previous`.
+    pub kept: Option<(u64, Instant)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +112,8 @@ pub struct InstView {
     pub generation: u64,
     pub deployment: u64,
     pub phase: Phase,
+    /// Since when the instance has been ready without interruption.
+    pub ready_since: Option<Instant>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +122,18 @@ pub struct UnitView {
     /// None: the unit is stopped or removed; everything it runs should stop.
     pub want: Option<Want>,
     pub instances: Vec<InstView>,
+}
+
+/// Why a tracked deploy aborts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AbortCause {
+    /// A new instance failed (crash loop, permanent start error, or a clean stop it should not
+    /// have made).
+    Failed { index: u32, generation: u64 },
+    /// Not every new instance was healthy within healthy_deadline.
+    Deadline,
+    /// The blue-green verify probe did not pass.
+    Verify,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,9 +156,25 @@ pub enum Action {
         unit: String,
         reason: String,
     },
+    /// Blue-green: every new instance is healthy; run the verify probe.
+    Verify {
+        unit: String,
+    },
+    /// Blue-green: route the new set instead of the old one.
+    Switch {
+        unit: String,
+    },
+    /// The tracked deploy reached its end state.
+    Complete {
+        unit: String,
+    },
+    Abort {
+        unit: String,
+        cause: AbortCause,
+    },
 }
 
-pub fn plan(units: &[UnitView], shutdown: bool) -> Vec<Action> {
+pub fn plan(units: &[UnitView], shutdown: bool, now: Instant) -> Vec<Action> {
     let by_name: BTreeMap<&str, &UnitView> = units.iter().map(|u| (u.name.as_str(), u)).collect();
     let mut actions = Vec::new();
     for unit in units {
@@ -112,7 +186,7 @@ pub fn plan(units: &[UnitView], shutdown: bool) -> Vec<Action> {
                 }
                 stop_all(unit, &mut actions);
             }
-            Some(want) => plan_unit(unit, want, &by_name, &mut actions),
+            Some(want) => plan_unit(unit, want, &by_name, now, &mut actions),
         }
     }
     actions
@@ -144,124 +218,163 @@ fn stop_all(unit: &UnitView, actions: &mut Vec<Action>) {
     }
 }
 
+/// One unit's instances, sorted for the rules below.
+struct Slots<'a> {
+    unit: &'a UnitView,
+    want: &'a Want,
+    now: Instant,
+}
+
+impl<'a> Slots<'a> {
+    fn at(&self, index: u32) -> impl Iterator<Item = &'a InstView> + 'a {
+        self.unit.instances.iter().filter(move |i| i.index == index)
+    }
+
+    /// The live instance of the current deployment at `index`.
+    fn current(&self, index: u32) -> Option<&'a InstView> {
+        let d = self.want.deployment;
+        self.at(index)
+            .filter(|i| i.deployment == d && i.phase.is_live())
+            .max_by_key(|i| i.generation)
+    }
+
+    fn current_terminal(&self, index: u32) -> Option<&'a InstView> {
+        let d = self.want.deployment;
+        self.at(index)
+            .find(|i| i.deployment == d && i.phase.is_terminal())
+    }
+
+    /// Live instances of older deployments at `index` (not the kept set).
+    fn old(&self, index: u32) -> Vec<&'a InstView> {
+        let d = self.want.deployment;
+        self.at(index)
+            .filter(|i| i.deployment < d && i.phase.is_live() && !self.is_kept(i))
+            .collect()
+    }
+
+    fn is_kept(&self, i: &InstView) -> bool {
+        self.want
+            .kept
+            .is_some_and(|(d, until)| i.deployment == d && self.now < until)
+    }
+
+    /// Ready long enough to count (min_healthy_time only matters during a tracked deploy).
+    fn healthy(&self, i: &InstView) -> bool {
+        let min = self
+            .want
+            .tracked
+            .as_ref()
+            .map_or(Duration::ZERO, |t| t.min_healthy_time);
+        i.phase == Phase::Ready && i.ready_since.is_some_and(|s| s + min <= self.now)
+    }
+
+    fn stopping(&self, index: u32) -> bool {
+        self.at(index).any(|i| i.phase == Phase::Stopping)
+    }
+}
+
 fn plan_unit(
     unit: &UnitView,
     want: &Want,
     units: &BTreeMap<&str, &UnitView>,
+    now: Instant,
     actions: &mut Vec<Action>,
 ) {
     let name = &unit.name;
+    let s = Slots { unit, want, now };
     let stop = |g: u64| Action::Stop {
         unit: name.clone(),
         generation: g,
     };
-    let forget = |g: u64| Action::Forget {
+    let start = |index: u32| Action::Start {
         unit: name.clone(),
-        generation: g,
+        index,
     };
 
-    // Out of range, or terminal leftovers of an older deployment.
+    // Out of range, aborted (newer than wanted), duplicates; terminal leftovers of other
+    // deployments are forgotten. (An expired kept set is an older set like any other below.)
     for inst in &unit.instances {
-        let stale = inst.index >= want.count || inst.deployment < want.deployment;
-        if inst.phase.is_terminal() && stale {
-            actions.push(forget(inst.generation));
-        } else if inst.index >= want.count && inst.phase.is_live() {
-            actions.push(stop(inst.generation));
+        let out_of_range = inst.index >= want.count;
+        let aborted = inst.deployment > want.deployment;
+        if inst.phase.is_terminal() && (out_of_range || inst.deployment != want.deployment) {
+            actions.push(Action::Forget {
+                unit: name.clone(),
+                generation: inst.generation,
+            });
+        } else if inst.phase.is_live() {
+            let duplicate = inst.deployment == want.deployment
+                && s.current(inst.index)
+                    .is_some_and(|c| c.generation != inst.generation);
+            if out_of_range || aborted || duplicate {
+                actions.push(stop(inst.generation));
+            }
         }
     }
 
-    let at = |index: u32| unit.instances.iter().filter(move |i| i.index == index);
-    let halted = unit.instances.iter().any(|i| {
-        i.deployment == want.deployment && i.index < want.count && i.phase == Phase::Failed
-    });
     let deps = unmet_dependency(want, units);
-    // While older instances remain, a current-deployment instance that is not ready yet (or,
-    // without surge, an old one still stopping with nothing new beside it) holds the rollout.
-    let rollout_active = unit
-        .instances
-        .iter()
-        .any(|i| i.deployment < want.deployment && !i.phase.is_terminal());
-    let new_unready = unit.instances.iter().any(|i| {
-        i.deployment == want.deployment
-            && i.index < want.count
-            && i.phase.is_live()
-            && i.phase != Phase::Ready
-    });
-    let gap = !want.surge
-        && (0..want.count).any(|index| {
-            at(index).any(|i| i.deployment < want.deployment && i.phase == Phase::Stopping)
-                && !at(index).any(|i| i.deployment == want.deployment && i.phase.is_live())
+    let tracked = want.tracked.as_ref();
+    if tracked.is_some_and(|t| t.halted) {
+        return;
+    }
+
+    // A tracked deploy aborts on a failed new instance, a failed probe, or the deadline.
+    if let Some(t) = tracked {
+        let failed = (0..want.count).find_map(|i| {
+            s.current_terminal(i)
+                .filter(|c| c.phase != Phase::Exited { success: true })
+                .map(|c| (i, c.generation))
         });
-    let mut in_flight = rollout_active && (new_unready || gap);
-    let mut waiting = None;
-
-    for index in 0..want.count {
-        let mut current: Vec<&InstView> = at(index)
-            .filter(|i| i.deployment == want.deployment && i.phase.is_live())
-            .collect();
-        let old: Vec<&InstView> = at(index)
-            .filter(|i| i.deployment < want.deployment && i.phase.is_live())
-            .collect();
-        let stopping_here = at(index).any(|i| i.phase == Phase::Stopping);
-        let current_done =
-            at(index).any(|i| i.deployment == want.deployment && i.phase.is_terminal());
-
-        if !current.is_empty() {
-            current.sort_by_key(|i| i.generation);
-            let keep = current.pop().expect("non-empty");
-            for extra in current {
-                actions.push(stop(extra.generation));
-            }
-            if keep.phase == Phase::Ready || old.iter().all(|o| o.phase != Phase::Ready) {
-                actions.extend(old.iter().map(|o| stop(o.generation)));
-            }
-            continue;
-        }
-        if current_done {
-            // This index finished (one-shot) or failed for the current deployment: hold.
-            continue;
-        }
-        let can_start = !stopping_here || want.surge;
-        if old.is_empty() {
-            if let Some(reason) = &deps {
-                waiting = Some(reason.clone());
-            } else if can_start {
-                actions.push(Action::Start {
-                    unit: name.clone(),
-                    index,
-                });
-                in_flight |= rollout_active;
-            }
-            continue;
-        }
-        let old_ready = old.iter().any(|o| o.phase == Phase::Ready);
-        if !old_ready || want.rollout == Rollout::Immediate {
-            actions.extend(old.iter().map(|o| stop(o.generation)));
-            if want.surge && deps.is_none() {
-                actions.push(Action::Start {
-                    unit: name.clone(),
-                    index,
-                });
-            }
-            continue;
-        }
-        // Rolling replacement of a ready instance.
-        if in_flight || halted {
-            continue;
-        }
-        if let Some(reason) = &deps {
-            waiting = Some(reason.clone());
-            continue;
-        }
-        if want.surge {
-            actions.push(Action::Start {
-                unit: name.clone(),
-                index,
-            });
+        let cause = if let Some((index, generation)) = failed {
+            Some(AbortCause::Failed { index, generation })
+        } else if t.verify == Verify::Failed {
+            Some(AbortCause::Verify)
+        } else if now >= t.started + t.healthy_deadline && !complete(&s, t) {
+            Some(AbortCause::Deadline)
         } else {
-            actions.extend(old.iter().map(|o| stop(o.generation)));
+            None
+        };
+        if let Some(cause) = cause {
+            actions.push(Action::Abort {
+                unit: name.clone(),
+                cause,
+            });
+            return;
         }
-        in_flight = true;
+    }
+
+    let mut waiting = None;
+    match want.rollout {
+        Rollout::Immediate => {
+            for index in 0..want.count {
+                let old = s.old(index);
+                for o in &old {
+                    actions.push(stop(o.generation));
+                }
+                fill(
+                    &s,
+                    index,
+                    &deps,
+                    &mut waiting,
+                    actions,
+                    &start,
+                    old.is_empty(),
+                );
+            }
+        }
+        Rollout::Rolling {
+            max_surge,
+            max_unavailable,
+        } => rolling(
+            &s,
+            max_surge,
+            max_unavailable,
+            &deps,
+            &mut waiting,
+            actions,
+            &start,
+            &stop,
+        ),
+        Rollout::BlueGreen => blue_green(&s, &deps, &mut waiting, actions, &start, &stop),
     }
     if let Some(reason) = waiting {
         actions.push(Action::Wait {
@@ -269,6 +382,171 @@ fn plan_unit(
             reason,
         });
     }
+    if let Some(t) = tracked {
+        if complete(&s, t) {
+            actions.push(Action::Complete { unit: name.clone() });
+        }
+    }
+}
+
+/// Starts the current-deployment instance of `index` when nothing of this deployment is there.
+/// `old_gone` says whether older instances no longer hold the slot.
+fn fill(
+    s: &Slots<'_>,
+    index: u32,
+    deps: &Option<String>,
+    waiting: &mut Option<String>,
+    actions: &mut Vec<Action>,
+    start: &impl Fn(u32) -> Action,
+    old_gone: bool,
+) -> bool {
+    if s.current(index).is_some() || s.current_terminal(index).is_some() {
+        return false;
+    }
+    if let Some(reason) = deps {
+        *waiting = Some(reason.clone());
+        return false;
+    }
+    // A fixed port is free only once the previous holder has exited.
+    if !s.want.surge && (s.stopping(index) || !old_gone) {
+        return false;
+    }
+    actions.push(start(index));
+    true
+}
+
+#[allow(clippy::too_many_arguments)]
+fn rolling(
+    s: &Slots<'_>,
+    max_surge: u32,
+    max_unavailable: u32,
+    deps: &Option<String>,
+    waiting: &mut Option<String>,
+    actions: &mut Vec<Action>,
+    start: &impl Fn(u32) -> Action,
+    stop: &impl Fn(u64) -> Action,
+) {
+    let count = s.want.count;
+    // Fixed ports cannot run two instances of an index side by side: replace stop-first.
+    let (surge, unavailable) = if s.want.surge {
+        (max_surge, max_unavailable)
+    } else {
+        (0, max_unavailable.max(1))
+    };
+    let in_range = |i: &&InstView| i.index < count && i.phase.is_live() && !s.is_kept(i);
+    let mut total = s.unit.instances.iter().filter(in_range).count() as u32;
+    let mut available = s
+        .unit
+        .instances
+        .iter()
+        .filter(in_range)
+        .filter(|i| i.phase == Phase::Ready)
+        .count() as u32;
+
+    // Retire old instances whose replacement is healthy.
+    for index in 0..count {
+        if s.current(index).is_some_and(|c| s.healthy(c)) {
+            for o in s.old(index) {
+                actions.push(stop(o.generation));
+                total -= 1;
+                available -= u32::from(o.phase == Phase::Ready);
+            }
+        }
+    }
+    // Start replacements within the budget, lowest index first.
+    for index in 0..count {
+        if s.current(index).is_some() || s.current_terminal(index).is_some() {
+            continue;
+        }
+        let old = s.old(index);
+        if old.is_empty() {
+            if fill(s, index, deps, waiting, actions, start, true) {
+                total += 1;
+            }
+            continue;
+        }
+        if deps.is_some() {
+            *waiting = deps.clone();
+            break;
+        }
+        let old_ready = old.iter().any(|o| o.phase == Phase::Ready);
+        if !old_ready {
+            // Nothing to protect: replace at once.
+            for o in &old {
+                actions.push(stop(o.generation));
+            }
+            if s.want.surge {
+                actions.push(start(index));
+            }
+            continue;
+        }
+        if s.want.surge && total < count + surge {
+            actions.push(start(index));
+            total += 1;
+            continue;
+        }
+        // Stop first when one fewer ready instance still meets the floor.
+        if available > count.saturating_sub(unavailable) {
+            for o in &old {
+                actions.push(stop(o.generation));
+            }
+            available -= 1;
+            if s.want.surge {
+                actions.push(start(index));
+            }
+            continue;
+        }
+        // Out of budget for this index; empty slots further on are still filled.
+    }
+}
+
+fn blue_green(
+    s: &Slots<'_>,
+    deps: &Option<String>,
+    waiting: &mut Option<String>,
+    actions: &mut Vec<Action>,
+    start: &impl Fn(u32) -> Action,
+    stop: &impl Fn(u64) -> Action,
+) {
+    let count = s.want.count;
+    let switched = s.want.tracked.as_ref().is_none_or(|t| t.switched);
+    if !switched {
+        for index in 0..count {
+            fill(s, index, deps, waiting, actions, start, true);
+        }
+        let all_healthy = (0..count).all(|i| s.current(i).is_some_and(|c| s.healthy(c)));
+        if all_healthy {
+            match s.want.tracked.as_ref().map(|t| t.verify) {
+                Some(Verify::NotRun) => actions.push(Action::Verify {
+                    unit: s.unit.name.clone(),
+                }),
+                Some(Verify::None | Verify::Passed) => actions.push(Action::Switch {
+                    unit: s.unit.name.clone(),
+                }),
+                Some(Verify::Running | Verify::Failed) | None => {}
+            }
+        }
+        return;
+    }
+    for index in 0..count {
+        for o in s.old(index) {
+            actions.push(stop(o.generation));
+        }
+        fill(s, index, deps, waiting, actions, start, true);
+    }
+}
+
+/// Every index has a healthy new instance, no old one is live (the kept set aside), and a
+/// blue-green deploy has switched.
+fn complete(s: &Slots<'_>, t: &Tracked) -> bool {
+    let switched = s.want.rollout != Rollout::BlueGreen || t.switched;
+    switched
+        && (0..s.want.count).all(|i| s.current(i).is_some_and(|c| s.healthy(c)))
+        && !s
+            .unit
+            .instances
+            .iter()
+            .any(|i| i.deployment < s.want.deployment && i.phase.is_live() && !s.is_kept(i))
 }
 
 /// The first dependency whose condition is not met, as a human reason.
@@ -317,22 +595,62 @@ fn unmet_dependency(want: &Want, units: &BTreeMap<&str, &UnitView>) -> Option<St
 mod tests {
     use super::*;
 
+    const ROLL: Rollout = Rollout::Rolling {
+        max_surge: 1,
+        max_unavailable: 0,
+    };
+
+    fn t0() -> Instant {
+        // One fixed base per test run, far enough from zero for subtraction.
+        thread_local!(static BASE: Instant = Instant::now());
+        BASE.with(|b| *b)
+    }
+
+    fn at(secs: u64) -> Instant {
+        t0() + Duration::from_secs(secs)
+    }
+
     fn want(count: u32, deployment: u64) -> Want {
         Want {
             count,
             deployment,
-            rollout: Rollout::Rolling,
+            rollout: ROLL,
             surge: true,
             depends_on: vec![],
+            tracked: None,
+            kept: None,
+        }
+    }
+
+    fn tracked(started: u64) -> Tracked {
+        Tracked {
+            started: at(started),
+            healthy_deadline: Duration::from_secs(60),
+            min_healthy_time: Duration::from_secs(5),
+            verify: Verify::None,
+            switched: false,
+            halted: false,
         }
     }
 
     fn inst(index: u32, generation: u64, deployment: u64, phase: Phase) -> InstView {
+        let ready_since = (phase == Phase::Ready).then(|| at(0));
         InstView {
             index,
             generation,
             deployment,
             phase,
+            ready_since,
+        }
+    }
+
+    fn fresh(index: u32, generation: u64, deployment: u64, ready_at: u64) -> InstView {
+        InstView {
+            index,
+            generation,
+            deployment,
+            phase: Phase::Ready,
+            ready_since: Some(at(ready_at)),
         }
     }
 
@@ -352,12 +670,24 @@ mod tests {
                 Action::Stop { unit, generation } => format!("stop {unit}#{generation}"),
                 Action::Forget { unit, generation } => format!("forget {unit}#{generation}"),
                 Action::Wait { unit, reason } => format!("wait {unit}: {reason}"),
+                Action::Verify { unit } => format!("verify {unit}"),
+                Action::Switch { unit } => format!("switch {unit}"),
+                Action::Complete { unit } => format!("complete {unit}"),
+                Action::Abort { unit, cause } => format!("abort {unit}: {cause:?}"),
             })
             .collect()
     }
 
+    fn check_at(now: u64, units: Vec<UnitView>, shutdown: bool, expect: &[&str]) {
+        assert_eq!(
+            show(&plan(&units, shutdown, at(now))),
+            expect,
+            "units: {units:#?}"
+        );
+    }
+
     fn check(units: Vec<UnitView>, shutdown: bool, expect: &[&str]) {
-        assert_eq!(show(&plan(&units, shutdown)), expect, "units: {units:#?}");
+        check_at(100, units, shutdown, expect)
     }
 
     /// A fresh unit starts every index; a settled one needs nothing.
@@ -411,17 +741,15 @@ mod tests {
         );
     }
 
-    /// Rolling: one index at a time, new next to old, old stopped once new is ready.
+    /// Rolling with surge 1: new next to old, old stopped once new is ready, one at a time.
     #[test]
     fn rolling_replacement_steps() {
         let old = |i, g| inst(i, g, 1, Phase::Ready);
-        // Step 1: start the replacement of index 0 only.
         check(
             vec![unit("web", Some(want(2, 2)), vec![old(0, 1), old(1, 2)])],
             false,
             &["start web.0"],
         );
-        // Step 2: replacement starting: nothing else moves.
         check(
             vec![unit(
                 "web",
@@ -431,7 +759,6 @@ mod tests {
             false,
             &[],
         );
-        // Step 3: replacement ready: stop the old 0 and start the replacement of 1.
         check(
             vec![unit(
                 "web",
@@ -441,7 +768,6 @@ mod tests {
             false,
             &["stop web#1", "start web.1"],
         );
-        // Done: old ones gone.
         check(
             vec![unit(
                 "web",
@@ -453,22 +779,252 @@ mod tests {
         );
     }
 
-    /// A replacement that fails halts the rollout and the old instances keep serving.
+    /// max_surge 2 replaces two at a time; max_unavailable 1 with no surge stops first.
     #[test]
-    fn failed_replacement_halts() {
+    fn rolling_budgets() {
+        let old = |i, g| inst(i, g, 1, Phase::Ready);
+        let w = Want {
+            rollout: Rollout::Rolling {
+                max_surge: 2,
+                max_unavailable: 0,
+            },
+            ..want(3, 2)
+        };
+        check(
+            vec![unit("web", Some(w), vec![old(0, 1), old(1, 2), old(2, 3)])],
+            false,
+            &["start web.0", "start web.1"],
+        );
+        let w = Want {
+            rollout: Rollout::Rolling {
+                max_surge: 0,
+                max_unavailable: 1,
+            },
+            ..want(3, 2)
+        };
         check(
             vec![unit(
                 "web",
-                Some(want(2, 2)),
+                Some(w.clone()),
+                vec![old(0, 1), old(1, 2), old(2, 3)],
+            )],
+            false,
+            &["stop web#1", "start web.0"],
+        );
+        // While the replacement of 0 is not ready, capacity is at the minimum: wait.
+        check(
+            vec![unit(
+                "web",
+                Some(w),
                 vec![
-                    inst(0, 1, 1, Phase::Ready),
-                    inst(1, 2, 1, Phase::Ready),
-                    inst(0, 3, 2, Phase::Failed),
+                    inst(0, 1, 1, Phase::Stopping),
+                    old(1, 2),
+                    old(2, 3),
+                    inst(0, 4, 2, Phase::Starting),
                 ],
             )],
             false,
             &[],
         );
+    }
+
+    /// min_healthy_time: a new instance must stay ready that long before the old one goes.
+    #[test]
+    fn min_healthy_time_holds_the_old_instance() {
+        let w = Want {
+            tracked: Some(tracked(0)),
+            ..want(1, 2)
+        };
+        let units = |ready_at| {
+            vec![unit(
+                "web",
+                Some(w.clone()),
+                vec![inst(0, 1, 1, Phase::Ready), fresh(0, 2, 2, ready_at)],
+            )]
+        };
+        check_at(12, units(10), false, &[]);
+        check_at(15, units(10), false, &["stop web#1"]);
+    }
+
+    /// A tracked rolling deploy completes when old instances are gone and new ones healthy.
+    #[test]
+    fn rolling_completes() {
+        let w = Want {
+            tracked: Some(tracked(0)),
+            ..want(2, 2)
+        };
+        check_at(
+            20,
+            vec![unit(
+                "web",
+                Some(w),
+                vec![
+                    fresh(0, 3, 2, 10),
+                    fresh(1, 4, 2, 12),
+                    inst(0, 1, 1, Phase::Stopping),
+                ],
+            )],
+            false,
+            &["complete web"],
+        );
+    }
+
+    /// A failed new instance aborts; so does the deadline, and a failed verify probe.
+    #[test]
+    fn aborts() {
+        let old = |i, g| inst(i, g, 1, Phase::Ready);
+        let w = Want {
+            tracked: Some(tracked(0)),
+            ..want(2, 2)
+        };
+        check(
+            vec![unit(
+                "web",
+                Some(w.clone()),
+                vec![old(0, 1), old(1, 2), inst(0, 3, 2, Phase::Failed)],
+            )],
+            false,
+            &["abort web: Failed { index: 0, generation: 3 }"],
+        );
+        check_at(
+            61,
+            vec![unit(
+                "web",
+                Some(w.clone()),
+                vec![old(0, 1), old(1, 2), inst(0, 3, 2, Phase::Starting)],
+            )],
+            false,
+            &["abort web: Deadline"],
+        );
+        let bg = Want {
+            rollout: Rollout::BlueGreen,
+            tracked: Some(Tracked {
+                verify: Verify::Failed,
+                ..tracked(0)
+            }),
+            ..want(1, 2)
+        };
+        check(
+            vec![unit("web", Some(bg), vec![old(0, 1), fresh(0, 3, 2, 0)])],
+            false,
+            &["abort web: Verify"],
+        );
+        // Halted: nothing moves.
+        let halted = Want {
+            tracked: Some(Tracked {
+                halted: true,
+                ..tracked(0)
+            }),
+            ..w
+        };
+        check(
+            vec![unit(
+                "web",
+                Some(halted),
+                vec![old(0, 1), old(1, 2), inst(0, 3, 2, Phase::Failed)],
+            )],
+            false,
+            &[],
+        );
+    }
+
+    /// After an abort the wanted deployment is the old one again: the new instances stop.
+    #[test]
+    fn aborted_instances_stop() {
+        check(
+            vec![unit(
+                "web",
+                Some(want(1, 1)),
+                vec![
+                    inst(0, 1, 1, Phase::Ready),
+                    inst(0, 3, 2, Phase::Starting),
+                    inst(0, 4, 2, Phase::Failed),
+                ],
+            )],
+            false,
+            &["stop web#3", "forget web#4"],
+        );
+    }
+
+    /// Blue-green: the whole new set starts, then verify, switch, and the old set stops.
+    #[test]
+    fn blue_green_steps() {
+        let old = |i, g| inst(i, g, 1, Phase::Ready);
+        let bg = |verify, switched| Want {
+            rollout: Rollout::BlueGreen,
+            tracked: Some(Tracked {
+                verify,
+                switched,
+                ..tracked(90)
+            }),
+            ..want(2, 2)
+        };
+        check(
+            vec![unit(
+                "web",
+                Some(bg(Verify::NotRun, false)),
+                vec![old(0, 1), old(1, 2)],
+            )],
+            false,
+            &["start web.0", "start web.1"],
+        );
+        // One ready, one starting: nothing yet.
+        check(
+            vec![unit(
+                "web",
+                Some(bg(Verify::NotRun, false)),
+                vec![
+                    old(0, 1),
+                    old(1, 2),
+                    fresh(0, 3, 2, 10),
+                    inst(1, 4, 2, Phase::Starting),
+                ],
+            )],
+            false,
+            &[],
+        );
+        let all_new = |v, sw| {
+            vec![unit(
+                "web",
+                Some(bg(v, sw)),
+                vec![old(0, 1), old(1, 2), fresh(0, 3, 2, 10), fresh(1, 4, 2, 10)],
+            )]
+        };
+        check(all_new(Verify::NotRun, false), false, &["verify web"]);
+        check(all_new(Verify::Running, false), false, &[]);
+        check(all_new(Verify::Passed, false), false, &["switch web"]);
+        check(all_new(Verify::None, false), false, &["switch web"]);
+        check(
+            all_new(Verify::Passed, true),
+            false,
+            &["stop web#1", "stop web#2"],
+        );
+        check(
+            vec![unit(
+                "web",
+                Some(bg(Verify::Passed, true)),
+                vec![fresh(0, 3, 2, 10), fresh(1, 4, 2, 10)],
+            )],
+            false,
+            &["complete web"],
+        );
+    }
+
+    /// keep_previous: the old set stays until its time is up, and does not block completion.
+    #[test]
+    fn kept_set_stays_until_expiry() {
+        let w = Want {
+            rollout: Rollout::BlueGreen,
+            kept: Some((1, at(200))),
+            ..want(1, 2)
+        };
+        let units = vec![unit(
+            "web",
+            Some(w),
+            vec![inst(0, 1, 1, Phase::Ready), fresh(0, 3, 2, 10)],
+        )];
+        check_at(100, units.clone(), false, &[]);
+        check_at(200, units, false, &["stop web#1"]);
     }
 
     /// Old instances that are not ready are replaced at once (nothing to protect).
@@ -511,9 +1067,23 @@ mod tests {
             &[],
         );
         check(
-            vec![unit("db", Some(w), vec![inst(1, 2, 1, Phase::Ready)])],
+            vec![unit(
+                "db",
+                Some(w.clone()),
+                vec![inst(1, 2, 1, Phase::Ready)],
+            )],
             false,
             &["start db.0"],
+        );
+        // The replacement of 0 is starting: capacity is at the minimum, 1 waits.
+        check(
+            vec![unit(
+                "db",
+                Some(w),
+                vec![inst(0, 3, 2, Phase::Starting), inst(1, 2, 1, Phase::Ready)],
+            )],
+            false,
+            &[],
         );
     }
 
@@ -609,35 +1179,83 @@ mod tests {
         check(units(None), true, &["stop db#1"]);
     }
 
-    /// Applying a plan's actions and planning again yields nothing new (idempotence).
+    /// Applying a plan's actions and planning again converges with no action left, for every
+    /// strategy, from a mixed starting state.
     #[test]
-    fn plan_is_idempotent_after_applying() {
-        let mut units = vec![unit(
-            "web",
-            Some(want(3, 1)),
-            vec![inst(3, 9, 1, Phase::Ready)],
-        )];
-        let mut next_gen = 10;
-        for _ in 0..5 {
-            let actions = plan(&units, false);
-            if actions.is_empty() {
-                break;
-            }
-            for a in actions {
-                let u = &mut units[0];
-                match a {
-                    Action::Start { index, .. } => {
-                        u.instances.push(inst(index, next_gen, 1, Phase::Ready));
-                        next_gen += 1;
-                    }
-                    Action::Stop { generation, .. } | Action::Forget { generation, .. } => {
-                        u.instances.retain(|i| i.generation != generation)
-                    }
-                    Action::Wait { .. } => {}
+    fn plan_converges() {
+        for rollout in [
+            ROLL,
+            Rollout::Rolling {
+                max_surge: 0,
+                max_unavailable: 1,
+            },
+            Rollout::Rolling {
+                max_surge: 3,
+                max_unavailable: 2,
+            },
+            Rollout::BlueGreen,
+            Rollout::Immediate,
+        ] {
+            for surge in [true, false] {
+                if rollout == Rollout::BlueGreen && !surge {
+                    continue;
                 }
+                let w = Want {
+                    rollout,
+                    surge,
+                    tracked: Some(Tracked {
+                        verify: Verify::None,
+                        ..tracked(90)
+                    }),
+                    ..want(3, 2)
+                };
+                let mut u = unit(
+                    "web",
+                    Some(w),
+                    vec![
+                        inst(0, 1, 1, Phase::Ready),
+                        inst(1, 2, 1, Phase::Ready),
+                        inst(3, 9, 1, Phase::Ready),
+                    ],
+                );
+                let mut next_gen = 10;
+                let mut done = false;
+                for _ in 0..30 {
+                    let actions = plan(std::slice::from_ref(&u), false, at(100));
+                    if actions.is_empty() {
+                        break;
+                    }
+                    for a in actions {
+                        match a {
+                            Action::Start { index, .. } => {
+                                u.instances.push(fresh(index, next_gen, 2, 0));
+                                next_gen += 1;
+                            }
+                            Action::Stop { generation, .. } | Action::Forget { generation, .. } => {
+                                u.instances.retain(|i| i.generation != generation)
+                            }
+                            Action::Switch { .. } => {
+                                u.want.as_mut().unwrap().tracked.as_mut().unwrap().switched = true
+                            }
+                            Action::Complete { .. } => {
+                                u.want.as_mut().unwrap().tracked = None;
+                                done = true;
+                            }
+                            Action::Verify { .. } | Action::Wait { .. } => {}
+                            Action::Abort { cause, .. } => panic!("{rollout:?} aborted: {cause:?}"),
+                        }
+                    }
+                }
+                assert!(
+                    plan(std::slice::from_ref(&u), false, at(100)).is_empty(),
+                    "{rollout:?} surge={surge}: {u:#?}"
+                );
+                assert!(done, "{rollout:?} surge={surge} never completed");
+                let mut idx: Vec<u32> = u.instances.iter().map(|i| i.index).collect();
+                idx.sort();
+                assert_eq!(idx, vec![0, 1, 2], "{rollout:?} surge={surge}");
+                assert!(u.instances.iter().all(|i| i.deployment == 2));
             }
         }
-        assert!(plan(&units, false).is_empty());
-        assert_eq!(units[0].instances.len(), 3);
     }
 }

@@ -11,6 +11,7 @@
 //! - `instances`: `unit/index/generation` → [`InstanceRecord`] (pid + start time, tag, port, FIFOs).
 //! - `events`: big-endian sequence number → [`EventRecord`], trimmed to the newest `EVENT_CAP`.
 //! - `meta`: store id, generation counter, active profile.
+//! - `deploys`: `unit/deployment` → [`DeployRecord`] (`chainctl history`).
 
 mod records;
 
@@ -51,6 +52,7 @@ pub struct Store {
     instances: sled::Tree,
     events: sled::Tree,
     meta: sled::Tree,
+    deploys: sled::Tree,
 }
 
 impl Store {
@@ -70,6 +72,7 @@ impl Store {
             instances: db.open_tree("instances")?,
             events: db.open_tree("events")?,
             meta: db.open_tree("meta")?,
+            deploys: db.open_tree("deploys")?,
             db,
         })
     }
@@ -172,6 +175,44 @@ impl Store {
         self.instances
             .remove(InstanceRecord::key_of(unit, index, generation).as_bytes())?;
         Ok(())
+    }
+
+    // --- deploys -----------------------------------------------------------------------------
+
+    /// Inserts or updates a deploy record (keyed by unit and deployment number).
+    pub fn put_deploy(&self, rec: &DeployRecord) -> Result<()> {
+        let key = format!("{}/{:020}", rec.unit, rec.deployment);
+        self.deploys.insert(key.as_bytes(), encode(rec))?;
+        Ok(())
+    }
+
+    /// The newest `n` deploys of a unit, oldest first.
+    pub fn deploys(&self, unit: &str, n: usize) -> Result<Vec<DeployRecord>> {
+        let mut out = Vec::new();
+        for item in self
+            .deploys
+            .scan_prefix(format!("{unit}/").as_bytes())
+            .rev()
+        {
+            if out.len() >= n {
+                break;
+            }
+            let (k, v) = item?;
+            out.push(decode(&v, "deploys", &k)?);
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    /// A stored revision's spec.
+    pub fn revision(&self, unit: &str, revision: &str) -> Result<Option<RevisionRecord>> {
+        match self
+            .revisions
+            .get(format!("{unit}/{revision}").as_bytes())?
+        {
+            Some(v) => Ok(Some(decode(&v, "revisions", revision.as_bytes())?)),
+            None => Ok(None),
+        }
     }
 
     // --- events ------------------------------------------------------------------------------

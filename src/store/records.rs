@@ -20,6 +20,69 @@ pub struct UnitRecord {
     /// Set by `chainctl stop`, cleared by `chainctl start`.
     #[serde(default)]
     pub stopped: bool,
+    /// The highest deployment number handed out (numbers are never reused).
+    #[serde(default)]
+    pub last_deployment: u64,
+    /// The deployment that last completed (traffic goes to it), and its revision.
+    #[serde(default)]
+    pub stable: Option<(u64, String)>,
+    /// A deploy in progress, to resume (or roll back) after a restart of chaind.
+    #[serde(default)]
+    pub deploy: Option<DeployState>,
+    /// Blue-green's previous set kept out of rotation: deployment, revision, until (unix ms).
+    #[serde(default)]
+    pub kept: Option<(u64, String, u64)>,
+    /// A revision whose deploy failed: not deployed again until the file changes or someone
+    /// asks (`chainctl deploy`).
+    #[serde(default)]
+    pub failed_revision: Option<String>,
+    /// `chainctl deploy --set key=value` overrides applied on top of the unit file.
+    #[serde(default)]
+    pub overrides: Vec<(String, String)>,
+    /// This deployment replaces everything at once (`chainctl restart`).
+    #[serde(default)]
+    pub immediate: bool,
+}
+
+/// The parts of a deploy in progress that a restarted chaind needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeployState {
+    pub deployment: u64,
+    pub started_ms: u64,
+    pub from_revision: String,
+    pub to_revision: String,
+    pub strategy: String,
+    pub trigger: String,
+    #[serde(default)]
+    pub caller: Option<u32>,
+    #[serde(default)]
+    pub switched: bool,
+    #[serde(default)]
+    pub verified: bool,
+    #[serde(default)]
+    pub halted: bool,
+}
+
+/// One deploy, for `chainctl history`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeployRecord {
+    pub v: u32,
+    pub unit: String,
+    pub deployment: u64,
+    pub from_revision: String,
+    pub to_revision: String,
+    pub strategy: String,
+    /// file | apply | deploy | reload | restart | rollback | watch
+    pub trigger: String,
+    #[serde(default)]
+    pub caller: Option<u32>,
+    pub started_ms: u64,
+    #[serde(default)]
+    pub finished_ms: Option<u64>,
+    /// in_progress | succeeded | failed | rolled_back | halted | superseded
+    pub outcome: String,
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

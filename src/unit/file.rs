@@ -13,8 +13,8 @@ use toml::de::DeTable;
 use super::decode::{Decoder, Table};
 use super::error::{Pos, UnitError};
 use super::section::{
-    decode_depends_on, decode_env, decode_health, decode_instances, decode_logs, decode_port,
-    decode_process, decode_profiles, decode_restart, decode_routes, decode_watch,
+    decode_depends_on, decode_deploy, decode_env, decode_health, decode_instances, decode_logs,
+    decode_port, decode_process, decode_profiles, decode_restart, decode_routes, decode_watch,
 };
 use super::spec::{
     DependencyCondition, HealthCheck, HealthSpec, LogSpec, PortSpec, RestartPolicy, RestartSpec,
@@ -86,6 +86,20 @@ pub const KEYS: &[&str] = &[
     "route.rate_limit.rps",
     "route.rate_limit.burst",
     "route.acme",
+    "deploy",
+    "deploy.strategy",
+    "deploy.max_surge",
+    "deploy.max_unavailable",
+    "deploy.min_healthy_time",
+    "deploy.healthy_deadline",
+    "deploy.drain_timeout",
+    "deploy.auto_rollback",
+    "deploy.keep_previous",
+    "deploy.verify",
+    "deploy.verify.path",
+    "deploy.verify.status",
+    "deploy.verify.body",
+    "deploy.verify.timeout",
 ];
 
 /// Defaults of optional keys; docs/units.md states the same values.
@@ -156,6 +170,7 @@ pub struct UnitFile {
     pub watch: Option<WatchSection>,
     pub logs: LogSpec,
     pub routes: Vec<RouteSpec>,
+    pub deploy: crate::unit::spec::DeploySpec,
     /// Where the first `[[route]]` is written ([`Pos::START`] when there is none).
     pub routes_pos: Pos,
 }
@@ -358,6 +373,7 @@ fn decode(
             max_size: defaults::LOG_MAX_SIZE,
             max_files: defaults::LOG_MAX_FILES,
         });
+    let deploy = top.take(d, "deploy").and_then(|f| decode_deploy(d, &f));
     let (routes, routes_at) = match top.take(d, "route") {
         Some(f) => (decode_routes(d, &f), Some(f.at())),
         None => (Vec::new(), None),
@@ -365,6 +381,16 @@ fn decode(
     top.end(d);
 
     // Checks across sections.
+    if let (Some((deploy, at)), PortSpec::Fixed { .. }) = (&deploy, port) {
+        if deploy.strategy == crate::unit::spec::Strategy::BlueGreen {
+            d.error(
+                *at,
+                "deploy.strategy",
+                "blue-green runs the new set next to the old one, which fixed ports do not allow",
+                Some("use port = \"auto\" (the proxy finds the instances), or strategy = \"rolling\"".into()),
+            );
+        }
+    }
     if let (Some(at), PortSpec::None) = (routes_at, port) {
         d.error(
             at,
@@ -421,6 +447,7 @@ fn decode(
         watch,
         logs,
         routes_pos: routes_at.map_or(Pos::START, |at| d.pos(at)),
+        deploy: deploy.map(|(s, _)| s).unwrap_or_default(),
         routes,
     }
 }
@@ -511,6 +538,10 @@ command = "x"
 type = "http"
 [watch]
 [logs]
+[deploy]
+strategy = "blue-green"
+[deploy.verify]
+path = "/"
 [[route]]
 rate_limit = { rps = 1 }
 "#;

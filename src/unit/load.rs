@@ -33,7 +33,7 @@ pub struct Loaded {
 ///
 /// Every problem in the file and its env files, or the reason it could not be read.
 pub fn load_file(path: &Path, ctx: &ResolveCtx) -> Result<Loaded, Vec<UnitError>> {
-    let file = parse_file(path)?;
+    let file = parse_file(path, ctx)?;
     resolve_file(file, ctx)
 }
 
@@ -56,7 +56,7 @@ pub fn load_dir(dir: &Path, ctx: &ResolveCtx) -> LoadReport {
     for path in paths {
         let name = stem(&path);
         all_names.insert(name.clone());
-        match parse_file(&path) {
+        match parse_file(&path, ctx) {
             Ok(file) => parsed.push(file),
             Err(errors) => {
                 report.errors.insert(name, errors);
@@ -116,7 +116,7 @@ fn unit_paths(dir: &Path) -> io::Result<Vec<PathBuf>> {
     Ok(paths)
 }
 
-fn parse_file(path: &Path) -> Result<UnitFile, Vec<UnitError>> {
+fn parse_file(path: &Path, ctx: &ResolveCtx) -> Result<UnitFile, Vec<UnitError>> {
     let bytes = std::fs::read(path).map_err(|e| {
         vec![UnitError::whole_file(
             path,
@@ -138,6 +138,15 @@ fn parse_file(path: &Path) -> Result<UnitFile, Vec<UnitError>> {
                 None,
             )]);
         }
+    };
+    let text = match ctx.overrides.get(&stem(path)).filter(|o| !o.is_empty()) {
+        Some(overrides) => apply_overrides(&text, overrides).map_err(|message| {
+            vec![UnitError::whole_file(
+                path,
+                format!("with chainctl deploy --set overrides: {message}"),
+            )]
+        })?,
+        None => text,
     };
     // Relative paths inside the file resolve against the absolute directory, so that the spec
     // does not depend on the daemon's working directory; messages keep the path as given.
@@ -183,4 +192,45 @@ fn io_reason(e: &io::Error) -> String {
         io::ErrorKind::NotADirectory => "not a directory".into(),
         _ => e.to_string(),
     }
+}
+
+/// Applies `key = value` overrides to a unit file's TOML: each key is a dotted path (created
+/// as needed), each value TOML (`4`, `true`, `["a"]`) or, failing that, a string. Keys are
+/// checked against the unit format so a typo is an error, not a silently ignored table.
+pub fn apply_overrides(text: &str, overrides: &[(String, String)]) -> Result<String, String> {
+    let mut doc: toml::Table = toml::from_str(text).map_err(|e| e.message().to_string())?;
+    for (key, value) in overrides {
+        let parts: Vec<&str> = key.split('.').collect();
+        if parts.iter().any(|p| p.is_empty()) {
+            return Err(format!("invalid key {key:?}"));
+        }
+        let schema: Vec<&str> = match parts.as_slice() {
+            ["env", _] => vec!["env"],
+            ["profile", _, "env", _] => vec!["profile.<name>.env"],
+            _ => vec![],
+        };
+        let known = if schema.is_empty() {
+            super::file::KEYS.contains(&key.as_str())
+        } else {
+            true
+        };
+        if !known || key.starts_with("route") {
+            return Err(format!("unknown or unsupported key {key:?}; use a unit key such as instances, env.NAME or process.args"));
+        }
+        let parsed: toml::Value = toml::from_str::<toml::Table>(&format!("v = {value}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(value.clone()));
+        let mut table = &mut doc;
+        for p in &parts[..parts.len() - 1] {
+            let entry = table
+                .entry(p.to_string())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            table = entry
+                .as_table_mut()
+                .ok_or_else(|| format!("{key}: `{p}` is not a table"))?;
+        }
+        table.insert(parts[parts.len() - 1].to_string(), parsed);
+    }
+    toml::to_string(&doc).map_err(|e| e.to_string())
 }

@@ -30,7 +30,7 @@ pub use file::{
     defaults, parse, DependsOn, EnvFileRef, Instances, ProcessSection, Profile, UnitFile,
     WatchSection, KEYS, RESERVED_ENV, STOP_SIGNALS,
 };
-pub use load::{load_dir, load_file, LoadReport, Loaded};
+pub use load::{apply_overrides, load_dir, load_file, LoadReport, Loaded};
 pub use quantity::{format_duration, format_size, parse_duration, parse_size};
 pub use resolve::{resolve, ResolveCtx};
 pub use set::validate_set;

@@ -16,6 +16,9 @@ pub struct ResolveCtx {
     pub profile: Option<String>,
     /// What `instances = "max"` means; 0 counts as 1.
     pub cpus: u32,
+    /// `chainctl deploy --set key=value` overrides, per unit, applied to the file's TOML
+    /// before it is parsed (so they are validated like the file).
+    pub overrides: std::collections::BTreeMap<String, Vec<(String, String)>>,
 }
 
 /// Resolves `file` into a [`UnitSpec`]. Pure.
@@ -163,6 +166,7 @@ pub(crate) fn resolve_with<'t>(
             }),
         logs: file.logs,
         routes: file.routes.clone(),
+        deploy: file.deploy.clone(),
     })
 }
 
@@ -209,6 +213,7 @@ paths = ["src", "/etc/web"]
         let ctx = ResolveCtx {
             profile: Some("staging".into()),
             cpus: 4,
+            ..Default::default()
         };
         let spec = resolve(&f, &ctx, &files).unwrap();
         let env: Vec<(&str, &str)> = spec
@@ -232,6 +237,7 @@ paths = ["src", "/etc/web"]
         let ctx = ResolveCtx {
             profile: Some("production".into()),
             cpus: 4,
+            ..Default::default()
         };
         let spec = resolve(&f, &ctx, &files).unwrap();
         assert_eq!(spec.env["B"], "env");
@@ -251,6 +257,7 @@ paths = ["src", "/etc/web"]
             &ResolveCtx {
                 profile: None,
                 cpus: 8,
+                ..Default::default()
             },
             &files,
         )
@@ -300,6 +307,7 @@ paths = ["src", "/etc/web"]
         let ctx = ResolveCtx {
             profile: None,
             cpus: 4,
+            ..Default::default()
         };
         let f = file("instances = \"max\"\nport = 65534\n[process]\ncommand = \"x\"\n");
         let e = resolve(&f, &ctx, &none).unwrap_err();

@@ -41,6 +41,94 @@ pub struct UnitSpec {
     /// `[[route]]`: how the proxy reaches this unit's ready instances.
     #[serde(default)]
     pub routes: Vec<RouteSpec>,
+    /// `[deploy]`: how a new version replaces the running one. Left out of the JSON when it is
+    /// the default, so specs written before `[deploy]` existed keep their revision.
+    #[serde(default, skip_serializing_if = "DeploySpec::is_default")]
+    pub deploy: DeploySpec,
+}
+
+/// `[deploy]`: the strategy and its limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploySpec {
+    pub strategy: Strategy,
+    /// Rolling: instances allowed above `instances` while replacing.
+    pub max_surge: u32,
+    /// Rolling: ready instances allowed below `instances` while replacing.
+    pub max_unavailable: u32,
+    /// A new instance counts as healthy once it has been ready this long.
+    #[serde(with = "duration_str")]
+    pub min_healthy_time: Duration,
+    /// The new instances must all be healthy within this time of the deploy's start, or the
+    /// deploy fails.
+    #[serde(with = "duration_str")]
+    pub healthy_deadline: Duration,
+    /// Old instances may finish in-flight requests (and open WebSockets) this long.
+    #[serde(with = "duration_str")]
+    pub drain_timeout: Duration,
+    /// A failed deploy goes back to the version that was serving; false leaves it halted for
+    /// inspection (the old version keeps serving either way).
+    pub auto_rollback: bool,
+    /// Blue-green: keep the previous set running (out of rotation) this long after the switch,
+    /// so that a rollback is instant.
+    #[serde(with = "duration_str")]
+    pub keep_previous: Duration,
+    /// Blue-green: a request the new set must answer as expected before traffic switches.
+    #[serde(default)]
+    pub verify: Option<VerifySpec>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// Replace instances a few at a time, each batch after the previous one is healthy.
+    Rolling,
+    /// Start a whole new set next to the old one, switch traffic at once, then drain the old.
+    BlueGreen,
+}
+
+impl Strategy {
+    pub const ALL: [&'static str; 2] = ["rolling", "blue-green"];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Rolling => "rolling",
+            Self::BlueGreen => "blue-green",
+        }
+    }
+}
+
+/// `[deploy.verify]`: GET `path` on every new instance; the status must match, and the body
+/// must contain `body` when given.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifySpec {
+    pub path: String,
+    pub status: u16,
+    #[serde(default)]
+    pub body: Option<String>,
+    #[serde(with = "duration_str")]
+    pub timeout: Duration,
+}
+
+impl Default for DeploySpec {
+    fn default() -> Self {
+        DeploySpec {
+            strategy: Strategy::Rolling,
+            max_surge: 1,
+            max_unavailable: 0,
+            min_healthy_time: Duration::ZERO,
+            healthy_deadline: Duration::from_secs(120),
+            drain_timeout: Duration::from_secs(30),
+            auto_rollback: true,
+            keep_previous: Duration::ZERO,
+            verify: None,
+        }
+    }
+}
+
+impl DeploySpec {
+    pub fn is_default(&self) -> bool {
+        *self == DeploySpec::default()
+    }
 }
 
 /// One `[[route]]`: requests for `host` whose path starts with `path` go to the unit's ready

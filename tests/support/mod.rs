@@ -641,3 +641,89 @@ fn b64(data: &[u8]) -> String {
     }
     out
 }
+
+/// Clients sending requests back to back through the proxy, each on its own keep-alive
+/// connection, counting failures and recording the versions they are served.
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ok: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    threads: Vec<std::thread::JoinHandle<ClientReport>>,
+}
+
+/// What one load client saw.
+#[derive(Debug, Default)]
+pub struct ClientReport {
+    pub ok: u64,
+    pub errors: Vec<String>,
+    /// The bodies served, with consecutive repeats collapsed: ["v1", "v2"] is one flip.
+    pub versions: Vec<String>,
+}
+
+impl Load {
+    pub fn start(addr: std::net::SocketAddr, clients: usize, path: &str) -> Load {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        use std::sync::Arc;
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let threads = (0..clients)
+            .map(|_| {
+                let (stop, ok, path) = (stop.clone(), ok.clone(), path.to_string());
+                std::thread::spawn(move || {
+                    let mut c = KeepAlive::new(addr);
+                    let mut report = ClientReport::default();
+                    while !stop.load(Ordering::Relaxed) {
+                        match c.get(&path) {
+                            Ok(r) if r.status == 200 => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                                report.ok += 1;
+                                let v = r.text().trim().to_string();
+                                if report.versions.last() != Some(&v) {
+                                    report.versions.push(v);
+                                }
+                            }
+                            Ok(r) => report.errors.push(format!(
+                                "status {}: {}",
+                                r.status,
+                                r.text().trim()
+                            )),
+                            Err(e) => report.errors.push(format!("error: {e}")),
+                        }
+                    }
+                    report
+                })
+            })
+            .collect();
+        Load { stop, ok, threads }
+    }
+
+    pub fn ok(&self) -> u64 {
+        self.ok.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits until `n` more requests succeeded (the load is really flowing).
+    pub fn wait_for_more(&self, n: u64) {
+        let target = self.ok() + n;
+        eventually(Duration::from_secs(15), "load flowing", || {
+            (self.ok() >= target).then_some(())
+        });
+    }
+
+    pub fn finish(self) -> Vec<ClientReport> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.threads
+            .into_iter()
+            .map(|t| t.join().expect("load client panicked"))
+            .collect()
+    }
+}
+
+/// Sums reports: (ok, failed, first errors).
+pub fn summarize(reports: &[ClientReport]) -> (u64, usize, Vec<String>) {
+    let ok = reports.iter().map(|r| r.ok).sum();
+    let errors: Vec<String> = reports
+        .iter()
+        .flat_map(|r| r.errors.iter().cloned())
+        .collect();
+    let failed = errors.len();
+    (ok, failed, errors.into_iter().take(10).collect())
+}

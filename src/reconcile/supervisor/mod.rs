@@ -8,6 +8,8 @@
 //! Owned here and nowhere else: the unit table, every instance's state, the port pool, and all
 //! store writes. The decisions themselves live in the pure modules; this file only executes.
 
+mod deploy;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,7 +27,7 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use super::instance::{self, AfterStop, Ctx, Effect, Event, InstanceState};
-use super::plan::{self, Action, InstView, Phase, Rollout, UnitView, Want};
+use super::plan::{self, Action, InstView, Phase, Rollout, Tracked, UnitView, Want};
 use super::ports::PortPool;
 use super::restart::History;
 use super::snapshot::{unix_ms, InstSnap, Snapshot, UnitSnap};
@@ -64,6 +66,21 @@ pub enum Command {
         unit: String,
         action: UnitAction,
         wait: bool,
+        caller: Option<u32>,
+        reply: oneshot::Sender<Result<ActionResult, ApiError>>,
+    },
+    Deploy {
+        unit: String,
+        request: crate::api::wire::DeployRequest,
+        wait: bool,
+        caller: Option<u32>,
+        reply: oneshot::Sender<Result<ActionResult, ApiError>>,
+    },
+    Rollback {
+        unit: String,
+        to: Option<String>,
+        wait: bool,
+        caller: Option<u32>,
         reply: oneshot::Sender<Result<ActionResult, ApiError>>,
     },
     Shutdown {
@@ -105,6 +122,14 @@ enum Msg {
         outcome: DrainOutcome,
     },
     Stats(HashMap<i32, Sample>),
+    Verified {
+        unit: String,
+        deployment: u64,
+        result: Result<(), String>,
+    },
+    /// A time-based condition of `plan` may have changed (min_healthy_time, a deploy
+    /// deadline, a kept set's expiry): plan again.
+    Tick,
     WatchFired {
         unit: String,
         path: PathBuf,
@@ -144,13 +169,28 @@ impl SupervisorHandle {
 struct Unit {
     name: String,
     path: PathBuf,
+    /// The wanted version (what the current deployment runs).
     current: Option<Current>,
     /// Problems in the file as it is now (the last good version keeps running).
     errors: Vec<UnitError>,
     removed: bool,
     stopped: bool,
+    /// The wanted deployment; instances of other deployments are replaced or stopped.
     deployment: u64,
-    rollout: Rollout,
+    /// The highest deployment number handed out (a rolled-back deployment's number is never
+    /// reused, so its leftover instances are always told apart).
+    last_deployment: u64,
+    /// This deployment replaces everything at once (`chainctl restart`).
+    immediate: bool,
+    stable: Option<deploy::Stable>,
+    deploy: Option<deploy::Deploy>,
+    kept: Option<deploy::Kept>,
+    /// A revision that failed to deploy (or was rolled back): not deployed again from the file
+    /// until the file changes or someone runs `chainctl deploy`.
+    failed_revision: Option<Revision>,
+    /// How the last deployment someone waits for ended.
+    outcome: Option<deploy::Outcome>,
+    overrides: Vec<(String, String)>,
     instances: Vec<Instance>,
     log: Option<UnitLog>,
     waiting: Option<String>,
@@ -178,6 +218,8 @@ struct Instance {
     spawned_at: Option<Instant>,
     started_wall: Option<SystemTime>,
     restarts: u32,
+    /// Since when the instance has been ready without interruption.
+    ready_since: Option<Instant>,
     health_failures: u32,
     last_check_error: Option<String>,
     stats: Option<Sample>,
@@ -216,10 +258,9 @@ pub struct Supervisor {
     /// Set by the daemon when a proxy listens: instances behind routes are drained before
     /// they are stopped.
     proxy: Option<Proxy>,
+    /// When the pending `Tick` fires, if one is armed.
+    tick_armed: Option<Instant>,
 }
-
-/// How long a stopping instance may take to finish its in-flight proxied requests.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -293,6 +334,7 @@ impl Supervisor {
             dirty: false,
             base_env,
             proxy: None,
+            tick_armed: None,
         };
         Ok((sup, handle))
     }
@@ -305,7 +347,7 @@ impl Supervisor {
     /// Runs until a shutdown command completes.
     pub async fn run(mut self) {
         self.recover();
-        self.apply_units();
+        self.apply_units("start");
         self.spawn_stats_task();
         self.turn_end();
         while let Some(msg) = self.rx.recv().await {
@@ -354,10 +396,48 @@ impl Supervisor {
             let mut u = Unit::new(&rec.name, PathBuf::from(&rec.path));
             u.current = Some(Current {
                 revision: Revision(rec.revision.clone()),
-                spec: Arc::new(rec.spec),
+                spec: Arc::new(rec.spec.clone()),
             });
             u.deployment = rec.deployment;
+            u.last_deployment = rec.last_deployment.max(rec.deployment);
             u.stopped = rec.stopped;
+            u.immediate = rec.immediate;
+            u.overrides = rec.overrides.clone();
+            u.failed_revision = rec.failed_revision.clone().map(Revision);
+            let spec_of = |rev: &str| {
+                self.store
+                    .revision(&rec.name, rev)
+                    .ok()
+                    .flatten()
+                    .map(|r| Arc::new(r.spec))
+            };
+            u.stable = rec.stable.as_ref().and_then(|(d, rev)| {
+                Some(deploy::Stable {
+                    deployment: *d,
+                    current: Current {
+                        spec: spec_of(rev)?,
+                        revision: Revision(rev.clone()),
+                    },
+                })
+            });
+            u.kept = rec.kept.as_ref().and_then(|(d, rev, until_ms)| {
+                let left =
+                    Duration::from_millis(until_ms.saturating_sub(unix_ms(SystemTime::now())));
+                Some(deploy::Kept {
+                    deployment: *d,
+                    until: Instant::now() + left,
+                    until_ms: *until_ms,
+                    current: Current {
+                        spec: spec_of(rev)?,
+                        revision: Revision(rev.clone()),
+                    },
+                })
+            });
+            let has_verify = rec.spec.deploy.verify.is_some();
+            u.deploy = rec
+                .deploy
+                .as_ref()
+                .map(|s| deploy::Deploy::from_state(s, has_verify));
             self.units.insert(rec.name.clone(), u);
         }
         let records = match self.store.instances() {
@@ -432,6 +512,7 @@ impl Supervisor {
                 .started_ms
                 .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms)),
             restarts: rec.restarts,
+            ready_since: None,
             health_failures: 0,
             last_check_error: None,
             stats: None,
@@ -541,7 +622,7 @@ impl Supervisor {
             Msg::Cmd(cmd) => self.command(cmd),
             Msg::UnitsChanged => {
                 if !self.shutting_down {
-                    self.apply_units();
+                    self.apply_units("file");
                 }
             }
             Msg::Exited {
@@ -588,19 +669,25 @@ impl Supervisor {
                 }
             }
             Msg::Stats(samples) => self.on_stats(samples),
+            Msg::Verified {
+                unit,
+                deployment,
+                result,
+            } => self.on_verified(&unit, deployment, result),
+            Msg::Tick => self.tick_armed = None,
             Msg::WatchFired { unit, path } => {
-                if let Some(u) = self.units.get_mut(&unit) {
-                    if u.current.is_some() && !u.stopped && !u.removed && !self.shutting_down {
-                        u.deployment += 1;
-                        u.rollout = Rollout::Rolling;
-                        self.persist_unit(&unit);
-                        self.emit(
-                            &unit,
-                            None,
-                            "watch",
-                            format!("{} changed; reloading", path.display()),
-                        );
-                    }
+                let live = self
+                    .units
+                    .get(&unit)
+                    .is_some_and(|u| u.current.is_some() && !u.stopped && !u.removed);
+                if live && !self.shutting_down {
+                    self.emit(
+                        &unit,
+                        None,
+                        "watch",
+                        format!("{} changed; reloading", path.display()),
+                    );
+                    self.begin_deployment(&unit, "watch", None, false, None);
                 }
             }
         }
@@ -621,38 +708,42 @@ impl Supervisor {
                     self.dirty = true;
                     self.profile = p;
                 }
-                let result = self.apply_units();
+                let result = self.apply_units("apply");
                 let _ = reply.send(Ok(result));
             }
             Command::Unit {
                 unit,
                 action,
                 wait,
+                caller,
                 reply,
             } => {
-                if self.shutting_down {
-                    let _ = reply.send(Err(shutting_down()));
-                    return;
-                }
-                match self.unit_action(&unit, action) {
-                    Err(e) => {
-                        let _ = reply.send(Err(e));
-                    }
-                    Ok(deployment) => {
-                        let w = Waiter {
-                            unit,
-                            action,
-                            deployment,
-                            reply,
-                        };
-                        if wait {
-                            self.waiters.push(w);
-                        } else {
-                            let result = self.action_result(&w, false);
-                            let _ = w.reply.send(Ok(result));
-                        }
-                    }
-                }
+                let result = self.unit_action(&unit, action, caller);
+                self.answer(unit, action, wait, result, reply);
+            }
+            Command::Deploy {
+                unit,
+                request,
+                wait,
+                caller,
+                reply,
+            } => {
+                let result = self.deploy_command(&unit, &request, caller);
+                self.answer(unit, UnitAction::Deploy, wait, result, reply);
+            }
+            Command::Rollback {
+                unit,
+                to,
+                wait,
+                caller,
+                reply,
+            } => {
+                let result = if self.shutting_down {
+                    Err(shutting_down())
+                } else {
+                    self.rollback(&unit, to.as_deref(), caller)
+                };
+                self.answer(unit, UnitAction::Rollback, wait, result, reply);
             }
             Command::Shutdown {
                 leave_running,
@@ -672,7 +763,131 @@ impl Supervisor {
         }
     }
 
-    fn unit_action(&mut self, name: &str, action: UnitAction) -> Result<u64, ApiError> {
+    /// Replies now, or once the action completes (`wait`).
+    fn answer(
+        &mut self,
+        unit: String,
+        action: UnitAction,
+        wait: bool,
+        result: Result<u64, ApiError>,
+        reply: oneshot::Sender<Result<ActionResult, ApiError>>,
+    ) {
+        match result {
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+            Ok(deployment) => {
+                let w = Waiter {
+                    unit,
+                    action,
+                    deployment,
+                    reply,
+                };
+                if wait {
+                    self.waiters.push(w);
+                } else {
+                    let result = self.action_result(&w, false);
+                    let _ = w.reply.send(Ok(result));
+                }
+            }
+        }
+    }
+
+    /// `chainctl deploy`: update the unit's overrides, reload its file, and deploy it (a new
+    /// deployment even when nothing changed).
+    fn deploy_command(
+        &mut self,
+        name: &str,
+        req: &crate::api::wire::DeployRequest,
+        caller: Option<u32>,
+    ) -> Result<u64, ApiError> {
+        if self.shutting_down {
+            return Err(shutting_down());
+        }
+        let strategy = match req.strategy.as_deref() {
+            None => None,
+            Some("rolling") => Some(crate::unit::Strategy::Rolling),
+            Some("blue-green") => Some(crate::unit::Strategy::BlueGreen),
+            Some(other) => {
+                return Err(ApiError {
+                    code: ErrorCode::BadRequest,
+                    message: format!("unknown strategy {other:?}; expected rolling or blue-green"),
+                });
+            }
+        };
+        let mut set = Vec::new();
+        for kv in &req.set {
+            let Some((k, v)) = kv.split_once('=') else {
+                return Err(ApiError {
+                    code: ErrorCode::BadRequest,
+                    message: format!("--set {kv:?}: expected key=value"),
+                });
+            };
+            set.push((k.trim().to_string(), v.to_string()));
+        }
+        let Some(u) = self.units.get_mut(name) else {
+            return Err(ApiError {
+                code: ErrorCode::UnitNotFound,
+                message: format!("no unit named {name}"),
+            });
+        };
+        let saved = u.overrides.clone();
+        if req.reset {
+            u.overrides.clear();
+        }
+        u.overrides
+            .retain(|(k, _)| !req.unset.contains(k) && !set.iter().any(|(s, _)| s == k));
+        u.overrides.extend(set);
+        u.failed_revision = None;
+        u.stopped = false;
+        let before = (
+            u.current.as_ref().map(|c| c.revision.clone()),
+            u.last_deployment,
+        );
+        let result = self.apply_units("deploy");
+        if let Some(bad) = result.invalid.iter().find(|e| e.unit == name) {
+            // Keep the overrides as they were: a bad --set must not stick.
+            if let Some(u) = self.units.get_mut(name) {
+                u.overrides = saved;
+            }
+            return Err(ApiError {
+                code: ErrorCode::UnitInvalid,
+                message: bad.errors.join("\n"),
+            });
+        }
+        let u = self.units.get(name).ok_or_else(|| ApiError {
+            code: ErrorCode::UnitNotFound,
+            message: format!("no unit named {name}"),
+        })?;
+        let after = (
+            u.current.as_ref().map(|c| c.revision.clone()),
+            u.last_deployment,
+        );
+        if before == after || u.deploy.is_none() {
+            self.begin_deployment(name, "deploy", caller, false, None);
+        } else if let Some(d) = self.units.get_mut(name).and_then(|u| u.deploy.as_mut()) {
+            d.trigger = "deploy".into();
+            d.caller = caller;
+        }
+        if let (Some(s), Some(d)) = (
+            strategy,
+            self.units.get_mut(name).and_then(|u| u.deploy.as_mut()),
+        ) {
+            d.strategy = s;
+        }
+        self.persist_unit(name);
+        Ok(self.units[name].deployment)
+    }
+
+    fn unit_action(
+        &mut self,
+        name: &str,
+        action: UnitAction,
+        caller: Option<u32>,
+    ) -> Result<u64, ApiError> {
+        if self.shutting_down {
+            return Err(shutting_down());
+        }
         let Some(u) = self.units.get_mut(name) else {
             return Err(ApiError {
                 code: ErrorCode::UnitNotFound,
@@ -715,13 +930,10 @@ impl Supervisor {
             UnitAction::Stop => u.stopped = true,
             UnitAction::Restart | UnitAction::Reload => {
                 u.stopped = false;
-                u.deployment += 1;
-                u.rollout = if action == UnitAction::Restart {
-                    Rollout::Immediate
-                } else {
-                    Rollout::Rolling
-                };
+                let immediate = action == UnitAction::Restart;
+                self.begin_deployment(name, action.as_str(), caller, immediate, None);
             }
+            UnitAction::Deploy | UnitAction::Rollback => {}
         }
         let deployment = self.units[name].deployment;
         self.persist_unit(name);
@@ -912,10 +1124,16 @@ impl Supervisor {
 
     /// Reads the units directory and makes it the desired state. A unit whose file is broken
     /// keeps its last good version; a unit whose file is gone is stopped.
-    fn apply_units(&mut self) -> ApplyResult {
+    fn apply_units(&mut self, trigger: &str) -> ApplyResult {
         let ctx = ResolveCtx {
             profile: self.profile.clone(),
             cpus: self.cfg.cpus,
+            overrides: self
+                .units
+                .iter()
+                .filter(|(_, u)| !u.overrides.is_empty())
+                .map(|(n, u)| (n.clone(), u.overrides.clone()))
+                .collect(),
         };
         let report = unit::load_dir(&self.cfg.units_dir, &ctx);
         let mut result = ApplyResult {
@@ -943,16 +1161,15 @@ impl Supervisor {
                 }
                 continue;
             }
-            let old = u.current.replace(Current {
-                spec: Arc::new(loaded.spec.clone()),
-                revision: loaded.revision.clone(),
-            });
-            u.deployment += 1;
-            u.rollout = Rollout::Rolling;
-            if let (Some(log), Some(c)) = (&u.log, &u.current) {
-                log.set_rotation(rotation(&c.spec));
+            // A revision that failed (or was rolled back) is not deployed again from the file.
+            if u.failed_revision.as_ref() == Some(&loaded.revision)
+                && u.current.is_some()
+                && !was_removed
+            {
+                result.held.push(name.clone());
+                continue;
             }
-            let watch_changed = old.as_ref().map(|o| &o.spec.watch) != Some(&loaded.spec.watch);
+            u.failed_revision = None;
             let _ = self.store.put_revision(&RevisionRecord {
                 v: 1,
                 unit: name.clone(),
@@ -960,8 +1177,28 @@ impl Supervisor {
                 first_seen_ms: unix_ms(SystemTime::now()),
                 spec: loaded.spec.clone(),
             });
+            let u = self.units.get_mut(&name).expect("inserted above");
+            let new = Current {
+                spec: Arc::new(loaded.spec.clone()),
+                revision: loaded.revision.clone(),
+            };
+            let in_place = !was_removed
+                && u.deploy.is_none()
+                && u.current
+                    .as_ref()
+                    .is_some_and(|c| instance_key(&c.spec) == instance_key(&new.spec));
+            let old = u.current.replace(new.clone());
+            if let (Some(log), Some(c)) = (&u.log, &u.current) {
+                log.set_rotation(rotation(&c.spec));
+            }
+            let watch_changed = old.as_ref().map(|o| &o.spec.watch) != Some(&loaded.spec.watch);
+            if in_place {
+                // Nothing that makes a process changed (routes, deploy, health, counts...):
+                // the running instances take the new spec as they are.
+                self.update_in_place(&name, &new);
+            }
             self.persist_unit(&name);
-            match old {
+            match &old {
                 None => {
                     result.added.push(name.clone());
                     self.emit(
@@ -973,13 +1210,17 @@ impl Supervisor {
                 }
                 Some(o) => {
                     result.updated.push(name.clone());
+                    let how = if in_place { " (no restart needed)" } else { "" };
                     self.emit(
                         &name,
                         None,
                         "updated",
-                        format!("revision {} → {}", o.revision, loaded.revision),
+                        format!("revision {} → {}{how}", o.revision, loaded.revision),
                     );
                 }
+            }
+            if !in_place {
+                self.begin_deployment(&name, trigger, None, false, old.clone());
             }
             if watch_changed || was_removed {
                 self.setup_watch(&name);
@@ -1095,7 +1336,7 @@ impl Supervisor {
     fn reconcile(&mut self) {
         for _ in 0..4 {
             let views: Vec<UnitView> = self.units.values().map(|u| u.view()).collect();
-            let actions = plan::plan(&views, self.shutting_down);
+            let actions = plan::plan(&views, self.shutting_down, Instant::now());
             let mut waiting: BTreeMap<String, String> = BTreeMap::new();
             let mut acted = false;
             for action in actions {
@@ -1121,6 +1362,22 @@ impl Supervisor {
                     Action::Wait { unit, reason } => {
                         waiting.insert(unit, reason);
                     }
+                    Action::Verify { unit } => {
+                        acted = true;
+                        self.start_verify(&unit);
+                    }
+                    Action::Switch { unit } => {
+                        acted = true;
+                        self.switch(&unit);
+                    }
+                    Action::Complete { unit } => {
+                        acted = true;
+                        self.complete(&unit);
+                    }
+                    Action::Abort { unit, cause } => {
+                        acted = true;
+                        self.abort(&unit, &cause);
+                    }
                 }
             }
             let names: Vec<String> = self.units.keys().cloned().collect();
@@ -1142,6 +1399,37 @@ impl Supervisor {
         self.units.retain(|_, u| {
             !u.instances.is_empty() || (!u.removed && (u.current.is_some() || !u.errors.is_empty()))
         });
+    }
+
+    /// A new spec that makes the same processes: running instances take it as they are, and
+    /// restart their health checks when those changed.
+    fn update_in_place(&mut self, name: &str, new: &Current) {
+        let Some(u) = self.units.get_mut(name) else {
+            return;
+        };
+        let deployment = u.deployment;
+        if let Some(stable) = u.stable.as_mut().filter(|s| s.deployment == deployment) {
+            stable.current = new.clone();
+        }
+        let mut reprobe = Vec::new();
+        for inst in u
+            .instances
+            .iter_mut()
+            .filter(|i| i.deployment == deployment)
+        {
+            if inst.spec.health != new.spec.health && inst.proc.is_some() {
+                reprobe.push(inst.gen);
+            }
+            inst.spec = new.spec.clone();
+            inst.revision = new.revision.clone();
+        }
+        for gen in reprobe {
+            self.start_probe(name, gen);
+        }
+        let gens: Vec<u64> = self.units[name].instances.iter().map(|i| i.gen).collect();
+        for gen in gens {
+            self.persist_instance(name, gen);
+        }
     }
 
     fn start_instance(&mut self, unit: &str, index: u32) {
@@ -1179,6 +1467,7 @@ impl Supervisor {
             spawned_at: None,
             started_wall: None,
             restarts: 0,
+            ready_since: None,
             health_failures: 0,
             last_check_error: None,
             stats: None,
@@ -1212,7 +1501,8 @@ impl Supervisor {
         let Some(inst) = self.instance_mut(unit, gen) else {
             return;
         };
-        let drain_timeout = (has_proxy && !inst.spec.routes.is_empty()).then_some(DRAIN_TIMEOUT);
+        let drain_timeout =
+            (has_proxy && !inst.spec.routes.is_empty()).then_some(inst.spec.deploy.drain_timeout);
         let ctx = Ctx {
             drain_timeout,
             restart: &inst.spec.restart,
@@ -1227,6 +1517,11 @@ impl Supervisor {
                 inst.state = step.state;
                 inst.history = step.history;
                 let is_ready = matches!(inst.state, InstanceState::Running { healthy: true, .. });
+                if is_ready && !was_ready {
+                    inst.ready_since = Some(now);
+                } else if !is_ready {
+                    inst.ready_since = None;
+                }
                 if was_ready != is_ready || matches!(event, Event::Stop { .. }) {
                     self.persist_instance(unit, gen);
                 }
@@ -1563,6 +1858,19 @@ impl Supervisor {
             spec: (*cur.spec).clone(),
             deployment: u.deployment,
             stopped: u.stopped,
+            last_deployment: u.last_deployment,
+            stable: u
+                .stable
+                .as_ref()
+                .map(|st| (st.deployment, st.current.revision.0.clone())),
+            deploy: u.deploy.as_ref().map(|d| d.to_state()),
+            kept: u
+                .kept
+                .as_ref()
+                .map(|k| (k.deployment, k.current.revision.0.clone(), k.until_ms)),
+            failed_revision: u.failed_revision.as_ref().map(|r| r.0.clone()),
+            overrides: u.overrides.clone(),
+            immediate: u.immediate,
         };
         if let Err(e) = self.store.put_unit(&rec) {
             tracing::error!(unit = name, error = %e, "cannot store unit");
@@ -1634,7 +1942,22 @@ impl Supervisor {
 
     /// End of a turn: plan, answer waiters, flush, publish.
     fn turn_end(&mut self) {
+        // A kept set whose time is up is no longer kept: plan stops it as any older set.
+        let now = Instant::now();
+        let expired: Vec<String> = self
+            .units
+            .iter()
+            .filter(|(_, u)| u.kept.as_ref().is_some_and(|k| k.until <= now))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in expired {
+            if let Some(u) = self.units.get_mut(&name) {
+                u.kept = None;
+            }
+            self.persist_unit(&name);
+        }
         self.reconcile();
+        self.arm_tick();
         self.check_waiters();
         if self.dirty {
             if let Err(e) = self.store.flush() {
@@ -1643,6 +1966,45 @@ impl Supervisor {
             self.dirty = false;
         }
         self.publish();
+    }
+
+    /// Arms one timer for the earliest instant at which `plan` could decide differently with
+    /// nothing else happening: a new instance turning healthy after min_healthy_time, a deploy
+    /// deadline, a kept set's expiry.
+    fn arm_tick(&mut self) {
+        let mut next: Option<Instant> = None;
+        let mut consider = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
+        for u in self.units.values() {
+            let Some(cur) = &u.current else { continue };
+            if let Some(d) = u.deploy.as_ref().filter(|d| !d.halted) {
+                consider(d.started + cur.spec.deploy.healthy_deadline);
+                let min = cur.spec.deploy.min_healthy_time;
+                for i in u.instances.iter().filter(|i| i.deployment == u.deployment) {
+                    if let Some(since) = i.ready_since {
+                        consider(since + min);
+                    }
+                }
+            }
+            if let Some(k) = &u.kept {
+                consider(k.until);
+            }
+        }
+        let now = Instant::now();
+        let Some(at) = next.filter(|t| *t > now) else {
+            return;
+        };
+        if self
+            .tick_armed
+            .is_some_and(|armed| armed <= at && armed > now)
+        {
+            return;
+        }
+        self.tick_armed = Some(at);
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(at).await;
+            let _ = tx.send(Msg::Tick);
+        });
     }
 
     fn check_waiters(&mut self) {
@@ -1682,15 +2044,29 @@ impl Supervisor {
         if u.stopped || u.removed {
             return failed(format!("unit {} was stopped", w.unit));
         }
-        if u.deployment > w.deployment {
-            return failed(format!(
-                "unit {} was changed again before the {} completed",
-                w.unit,
-                w.action.as_str()
-            ));
+        if w.action != UnitAction::Start {
+            // Deployments (reload, restart, deploy, rollback) end with an outcome.
+            if let Some(o) = u.outcome.as_ref().filter(|o| o.deployment == w.deployment) {
+                return Some(o.result.clone().map_err(|message| ApiError {
+                    code: ErrorCode::OperationFailed,
+                    message,
+                }));
+            }
+            let still_running = u
+                .deploy
+                .as_ref()
+                .is_some_and(|d| d.deployment == w.deployment && !d.halted);
+            if !still_running && u.last_deployment > w.deployment {
+                return failed(format!(
+                    "unit {} was changed again before the {} completed",
+                    w.unit,
+                    w.action.as_str()
+                ));
+            }
+            return None;
         }
         let count = u.current.as_ref().map(|c| c.spec.instances).unwrap_or(0);
-        let current = |i: &&Instance| i.deployment == w.deployment && i.index < count;
+        let current = |i: &&Instance| i.deployment == u.deployment && i.index < count;
         if let Some(bad) = u.instances.iter().filter(current).find(|i| {
             matches!(
                 i.state,
@@ -1724,11 +2100,7 @@ impl Supervisor {
                     )
             })
         };
-        let old_left = u
-            .instances
-            .iter()
-            .any(|i| i.deployment < w.deployment && i.state.has_process());
-        ((0..count).all(done_index) && !old_left).then_some(Ok(()))
+        (0..count).all(done_index).then_some(Ok(()))
     }
 
     fn action_result(&self, w: &Waiter, completed: bool) -> ActionResult {
@@ -1758,7 +2130,16 @@ impl Supervisor {
             profile: self.profile.clone(),
         };
         for (name, u) in &self.units {
-            let instances: Vec<InstSnap> = u.instances.iter().map(|i| i.snap(name)).collect();
+            let routing = Self::routing(u);
+            let instances: Vec<InstSnap> = u
+                .instances
+                .iter()
+                .map(|i| {
+                    let mut s = i.snap(name);
+                    s.info.routed = s.info.ready && routing.routes(i.deployment);
+                    s
+                })
+                .collect();
             let desired = u.current.as_ref().map(|c| c.spec.instances).unwrap_or(0);
             let ready = instances.iter().filter(|i| i.info.ready).count() as u32;
             let state = if u.removed {
@@ -1867,7 +2248,14 @@ impl Unit {
             removed: false,
             stopped: false,
             deployment: 0,
-            rollout: Rollout::Rolling,
+            last_deployment: 0,
+            immediate: false,
+            stable: None,
+            deploy: None,
+            kept: None,
+            failed_revision: None,
+            outcome: None,
+            overrides: Vec::new(),
             instances: Vec::new(),
             log: None,
             waiting: None,
@@ -1900,12 +2288,36 @@ impl Unit {
             .current
             .as_ref()
             .filter(|_| !self.stopped && !self.removed)
-            .map(|c| Want {
-                count: c.spec.instances,
-                deployment: self.deployment,
-                rollout: self.rollout,
-                surge: !matches!(c.spec.port, PortSpec::Fixed { .. }),
-                depends_on: c.spec.depends_on.clone(),
+            .map(|c| {
+                let d = &c.spec.deploy;
+                let rollout = match (self.immediate, d.strategy) {
+                    (true, _) => Rollout::Immediate,
+                    (false, crate::unit::Strategy::BlueGreen) => Rollout::BlueGreen,
+                    (false, crate::unit::Strategy::Rolling) => Rollout::Rolling {
+                        max_surge: d.max_surge,
+                        max_unavailable: d.max_unavailable,
+                    },
+                };
+                Want {
+                    count: c.spec.instances,
+                    deployment: self.deployment,
+                    rollout,
+                    surge: !matches!(c.spec.port, PortSpec::Fixed { .. }),
+                    depends_on: c.spec.depends_on.clone(),
+                    tracked: self
+                        .deploy
+                        .as_ref()
+                        .filter(|dep| dep.deployment == self.deployment)
+                        .map(|dep| Tracked {
+                            started: dep.started,
+                            healthy_deadline: d.healthy_deadline,
+                            min_healthy_time: d.min_healthy_time,
+                            verify: dep.verify,
+                            switched: dep.switched,
+                            halted: dep.halted,
+                        }),
+                    kept: self.kept.as_ref().map(|k| (k.deployment, k.until)),
+                }
             });
         UnitView {
             name: self.name.clone(),
@@ -1918,6 +2330,7 @@ impl Unit {
                     generation: i.gen,
                     deployment: i.deployment,
                     phase: i.phase(),
+                    ready_since: i.ready_since,
                 })
                 .collect(),
         }
@@ -1970,6 +2383,8 @@ impl Instance {
                 state: self.state.name().to_string(),
                 detail,
                 ready: matches!(self.state, InstanceState::Running { healthy: true, .. }),
+                routed: false,
+                deployment: self.deployment,
                 pid: self.proc.map(|p| p.pid),
                 port: self.port,
                 uptime_secs: None,
@@ -2001,6 +2416,17 @@ fn spawn_exit_watch(
             status,
         });
     });
+}
+
+/// What makes a process: a change here needs new instances, a change anywhere else in the spec
+/// (routes, deploy, health, restart, counts, logs) applies to the running ones.
+fn instance_key(spec: &UnitSpec) -> String {
+    let key = serde_json::json!({
+        "process": spec.process,
+        "env": spec.env,
+        "port": spec.port,
+    });
+    key.to_string()
 }
 
 /// An error and its sources, `outer: inner: innermost`, without repeating a source that the
