@@ -157,3 +157,219 @@ fn blue_green_deploy_under_load() {
         .iter()
         .any(|e| e.kind == "deploy" && e.message.contains("switched traffic")));
 }
+
+/// A version that never gets healthy: the deploy fails at healthy_deadline, `deploy --wait`
+/// exits non-zero and says why, the old version keeps serving throughout (no failed request),
+/// the new instances are removed, and the file revision is held (diff shows it).
+#[test]
+fn never_healthy_version_aborts_and_old_keeps_serving() {
+    let flag = tempfile::tempdir().unwrap();
+    std::fs::write(flag.path().join("sick"), "").unwrap();
+    let (d, addr) = start(2, "[deploy]\nhealthy_deadline = \"3s\"");
+    let before: Vec<_> = d.instances("web").iter().map(|i| i.pid).collect();
+    let load = Load::start(addr, 2, "/");
+    load.wait_for_more(100);
+    let sick = format!("env.UNHEALTHY_FILE={}", flag.path().join("sick").display());
+    let out = d.ctl(&[
+        "deploy",
+        "web",
+        "--set",
+        "env.VERSION=v2",
+        "--set",
+        &sick,
+        "--wait",
+    ]);
+    assert!(!out.status.success(), "a failed deploy must exit non-zero");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not healthy within 3s") && err.contains("last check: http status 503"),
+        "{err}"
+    );
+    load.wait_for_more(100);
+    let (ok, failed, errors) = summarize(&load.finish());
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} failed: {errors:?}",
+        ok + failed as u64
+    );
+    eventually(Duration::from_secs(10), "new instances removed", || {
+        (d.instances("web").len() == 2).then_some(())
+    });
+    let after: Vec<_> = d.instances("web").iter().map(|i| i.pid).collect();
+    assert_eq!(before, after, "the old instances must not be touched");
+    assert_eq!(versions_served(&d), ["v1", "v1"]);
+    let last = history(&d).pop().unwrap();
+    assert_eq!(last.outcome, "rolled_back");
+    assert!(last.reason.unwrap_or_default().contains("not healthy"));
+    assert!(d.events("web").iter().any(|e| e.kind == "deploy-failed"));
+    // The failed revision is held: apply does not retry it, diff shows what it would change.
+    let apply: chain::api::wire::ApplyResult =
+        serde_json::from_str(&d.ctl_ok(&["apply", "--json"])).unwrap();
+    assert_eq!(apply.held, ["web"]);
+    let diff = d.ctl_ok(&["diff", "web"]);
+    assert!(
+        diff.contains("env.VERSION: \"v1\" → \"v2\""),
+        "{diff}\n{}\n{}",
+        d.ctl_ok(&["diff", "web", "--json"]),
+        d.ctl_ok(&["inspect", "web"])
+    );
+    // Fixing the overrides deploys again.
+    d.ctl_ok(&["deploy", "web", "--unset", "env.UNHEALTHY_FILE", "--wait"]);
+    assert_eq!(versions_served(&d), ["v2", "v2"]);
+}
+
+/// A crash-looping new version fails the deploy as soon as an instance is `failed`, long
+/// before the deadline. (min_healthy_time keeps one lucky health check from passing for a
+/// successful deploy.)
+#[test]
+fn crash_looping_version_aborts_at_once() {
+    let (d, _) = start(
+        1,
+        "[deploy]\nhealthy_deadline = \"1m\"\nmin_healthy_time = \"2s\"\n[restart]\ndelay = \"10ms\"\nmax_restarts = 2",
+    );
+    let t0 = std::time::Instant::now();
+    let out = d.ctl(&["deploy", "web", "--set", "env.CRASH_AFTER_MS=10", "--wait"]);
+    assert!(!out.status.success());
+    assert!(
+        t0.elapsed() < Duration::from_secs(30),
+        "waited for the deadline"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("new instance 0 failed") && err.contains("crash loop"),
+        "{err}"
+    );
+    assert_eq!(versions_served(&d), ["v1"]);
+}
+
+/// Blue-green with a verify probe that the new set does not pass: the deploy fails before any
+/// traffic switches.
+#[test]
+fn failing_verify_probe_aborts_blue_green() {
+    let (d, _) = start(
+        1,
+        "[deploy]\nstrategy = \"blue-green\"\n[deploy.verify]\npath = \"/env?name=READY_FOR_TRAFFIC\"\nbody = \"yes\"",
+    );
+    let out = d.ctl(&["deploy", "web", "--set", "env.VERSION=v2", "--wait"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("verify failed") && err.contains("404"),
+        "{err}"
+    );
+    assert!(!d
+        .events("web")
+        .iter()
+        .any(|e| e.message.contains("switched traffic")));
+    assert_eq!(versions_served(&d), ["v1"]);
+    // With the expected answer, the same deploy passes verify and switches.
+    d.ctl_ok(&[
+        "deploy",
+        "web",
+        "--set",
+        "env.READY_FOR_TRAFFIC=yes",
+        "--wait",
+    ]);
+    assert_eq!(versions_served(&d), ["v2"]);
+    assert!(d.events("web").iter().any(|e| e.message == "verify passed"));
+}
+
+/// `chainctl rollback` after a good deploy goes back to the previous revision (a rolling
+/// deploy of it); with blue-green keep_previous the kept set serves again at once, same pids.
+#[test]
+fn rollback_and_instant_rollback() {
+    let (d, _) = start(2, "");
+    d.ctl_ok(&["deploy", "web", "--set", "env.VERSION=v2", "--wait"]);
+    assert_eq!(versions_served(&d), ["v2", "v2"]);
+    d.ctl_ok(&["rollback", "web"]);
+    assert_eq!(versions_served(&d), ["v1", "v1"]);
+    let h = history(&d);
+    assert_eq!(
+        h.last().map(|r| (r.trigger.as_str(), r.outcome.as_str())),
+        Some(("rollback", "succeeded"))
+    );
+
+    let (d, _) = start(
+        2,
+        "[deploy]\nstrategy = \"blue-green\"\nkeep_previous = \"5m\"",
+    );
+    let v1_pids: Vec<_> = d.instances("web").iter().map(|i| i.pid).collect();
+    d.ctl_ok(&["deploy", "web", "--set", "env.VERSION=v2", "--wait"]);
+    assert_eq!(versions_served(&d), ["v2", "v2"]);
+    // The kept v1 set still runs, out of rotation.
+    let kept: Vec<_> = d
+        .instances("web")
+        .into_iter()
+        .filter(|i| !i.routed)
+        .collect();
+    assert_eq!(kept.iter().map(|i| i.pid).collect::<Vec<_>>(), v1_pids);
+    let t0 = std::time::Instant::now();
+    d.ctl_ok(&["rollback", "web"]);
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "instant rollback took {:?}",
+        t0.elapsed()
+    );
+    let serving: Vec<_> = d
+        .instances("web")
+        .into_iter()
+        .filter(|i| i.routed)
+        .map(|i| i.pid)
+        .collect();
+    assert_eq!(serving, v1_pids, "the kept set serves again");
+    assert_eq!(versions_served(&d), ["v1", "v1"]);
+    assert!(d
+        .events("web")
+        .iter()
+        .any(|e| e.message.contains("instant rollback")));
+}
+
+/// chaind killed in the middle of a blue-green deploy and started again: the deploy resumes
+/// and ends with one consistent set, and no instance is left from an orphaned half-set.
+#[test]
+fn chaind_killed_mid_deploy_ends_consistent() {
+    let (mut d, addr) = start(
+        2,
+        "[deploy]\nstrategy = \"blue-green\"\nhealthy_deadline = \"1m\"",
+    );
+    d.ctl_ok(&[
+        "deploy",
+        "web",
+        "--set",
+        "env.VERSION=v2",
+        "--set",
+        "env.STARTUP_DELAY_MS=1500",
+    ]);
+    eventually(Duration::from_secs(10), "green set starting", || {
+        (d.instances("web").len() == 4).then_some(())
+    });
+    d.kill9();
+    d.spawn();
+    eventually(Duration::from_secs(30), "one consistent set", || {
+        let v = d.instances("web");
+        (v.len() == 2 && v.iter().all(|i| i.routed) && versions_served(&d) == ["v2", "v2"])
+            .then_some(())
+    });
+    // Exactly two demo processes exist for this daemon: nothing left from the other set.
+    eventually(Duration::from_secs(10), "old set gone", || {
+        let holders = std::fs::read_dir("/proc").unwrap().flatten().filter(|p| {
+            std::fs::read_to_string(p.path().join("comm")).is_ok_and(|c| c.trim() == "demo")
+                && std::fs::read_dir(p.path().join("fd")).is_ok_and(|fds| {
+                    fds.flatten().any(|fd| {
+                        std::fs::read_link(fd.path())
+                            .is_ok_and(|l| l.starts_with(d.root.join("run")))
+                    })
+                })
+        });
+        (holders.count() == 2).then_some(())
+    });
+    // The restarted chaind listens on a new port.
+    let _ = addr;
+    assert_eq!(
+        KeepAlive::new(d.http_addr()).get("/").unwrap().text(),
+        "v2\n"
+    );
+    let last = history(&d).pop().unwrap();
+    assert_eq!(last.outcome, "succeeded");
+}

@@ -372,3 +372,45 @@ mod tests {
         assert_eq!(s.store_id().unwrap(), id1);
     }
 }
+
+#[cfg(test)]
+mod roundtrip {
+    use super::*;
+
+    /// Every record type decodes what it encodes, with a realistic spec inside.
+    #[test]
+    fn unit_record_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "instances = 2\n[process]\ncommand = \"x\"\n[health]\ntype = \"http\"\n[[route]]\npath = \"/\"\n[deploy]\nstrategy = \"blue-green\"\n";
+        let file = crate::unit::parse(std::path::Path::new("/u/web.toml"), text).unwrap();
+        let spec = crate::unit::resolve(
+            &file,
+            &crate::unit::ResolveCtx {
+                cpus: 2,
+                ..Default::default()
+            },
+            &Default::default(),
+        )
+        .unwrap();
+        let rec = UnitRecord {
+            v: 1,
+            name: "web".into(),
+            path: "/u/web.toml".into(),
+            revision: "abc".into(),
+            spec,
+            deployment: 3,
+            stopped: false,
+            last_deployment: 4,
+            stable: Some((2, "def".into())),
+            deploy: None,
+            kept: Some((2, "def".into(), 99)),
+            failed_revision: None,
+            overrides: vec![("env.A".into(), "1".into())],
+            immediate: false,
+        };
+        let s = Store::open(dir.path()).unwrap();
+        s.put_unit(&rec).unwrap();
+        let back: Result<UnitRecord> = decode(&encode(&rec), "units", b"web");
+        assert_eq!(back.unwrap(), rec);
+    }
+}

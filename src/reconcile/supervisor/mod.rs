@@ -1136,6 +1136,13 @@ impl Supervisor {
                 .collect(),
         };
         let report = unit::load_dir(&self.cfg.units_dir, &ctx);
+        // Every unit with a file, good or bad: the others' files are gone.
+        let present: std::collections::BTreeSet<String> = report
+            .units
+            .keys()
+            .chain(report.errors.keys())
+            .cloned()
+            .collect();
         let mut result = ApplyResult {
             profile: self.profile.clone(),
             ..Default::default()
@@ -1271,13 +1278,7 @@ impl Supervisor {
         let listed: Vec<String> = self
             .units
             .iter()
-            .filter(|(n, u)| {
-                !u.removed
-                    && !result.added.contains(n)
-                    && !result.updated.contains(n)
-                    && !result.unchanged.contains(n)
-                    && !result.invalid.iter().any(|e| &e.unit == *n)
-            })
+            .filter(|(n, u)| !u.removed && !present.contains(*n))
             .map(|(n, _)| n.clone())
             .collect();
         for name in listed {
