@@ -41,6 +41,9 @@ pub const KEYS: &[&str] = &[
     "acme.directory",
     "acme.ca",
     "acme.renew_before",
+    "docker",
+    "docker.socket",
+    "docker.network",
 ];
 
 pub mod defaults {
@@ -56,6 +59,7 @@ pub mod defaults {
     pub const ACCESS_LOG_MAX_FILES: u32 = 5;
     pub const ACME_DIRECTORY: &str = "https://acme-v02.api.letsencrypt.org/directory";
     pub const ACME_RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
+    pub const DOCKER_NETWORK: &str = "chain";
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -67,6 +71,25 @@ pub struct Config {
     pub certificates: Vec<CertificateConfig>,
     pub admin: AdminConfig,
     pub acme: AcmeConfig,
+    pub docker: DockerConfig,
+}
+
+/// `[docker]`: the engine container units run on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DockerConfig {
+    /// The engine's Unix socket.
+    pub socket: PathBuf,
+    /// The bridge network every container joins and chain reaches containers on.
+    pub network: String,
+}
+
+impl Default for DockerConfig {
+    fn default() -> Self {
+        DockerConfig {
+            socket: chain_agent::driver::container::default_socket(),
+            network: defaults::DOCKER_NETWORK.to_string(),
+        }
+    }
 }
 
 /// `[acme]`: how certificates for routes with `acme = true` are obtained (src/proxy/acme.rs).
@@ -150,6 +173,7 @@ impl Default for Config {
             certificates: Vec::new(),
             admin: AdminConfig::default(),
             acme: AcmeConfig::default(),
+            docker: DockerConfig::default(),
         }
     }
 }
@@ -229,12 +253,58 @@ pub fn parse(path: &Path, text: &str, root: &Path) -> Result<Config, Vec<UnitErr
             acme(&mut d, t, root, &mut cfg.acme);
         }
     }
+    if let Some(f) = top.take(&mut d, "docker") {
+        if let Some(t) = f.table(&mut d) {
+            docker(&mut d, t, root, &mut cfg.docker);
+        }
+    }
     top.end(&mut d);
     if d.has_errors() {
         Err(d.into_errors())
     } else {
         Ok(cfg)
     }
+}
+
+fn docker(d: &mut Decoder<'_>, mut t: Table<'_, '_>, root: &Path, c: &mut DockerConfig) {
+    if let Some(f) = t.take(d, "socket") {
+        if let Some(s) = f.non_empty_string(d) {
+            let s = s.trim_start_matches("unix://");
+            if f.value
+                .get_ref()
+                .as_str()
+                .is_some_and(|v| v.contains("://") && !v.starts_with("unix://"))
+            {
+                f.error(
+                    d,
+                    "only Unix sockets are supported",
+                    Some("write socket = \"/var/run/docker.sock\"".into()),
+                );
+            } else {
+                c.socket = root.join(s);
+            }
+        }
+    }
+    if let Some(f) = t.take(d, "network") {
+        if let Some(n) = f.non_empty_string(d) {
+            let valid = n
+                .chars()
+                .next()
+                .is_some_and(|ch| ch.is_ascii_alphanumeric())
+                && n.chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '.' | '-'));
+            if !valid || matches!(n.as_str(), "host" | "none" | "bridge") {
+                f.error(
+                    d,
+                    format!("invalid network {n:?} for chain's containers"),
+                    Some("name a user-defined bridge network (created when missing), such as \"chain\"".into()),
+                );
+            } else {
+                c.network = n;
+            }
+        }
+    }
+    t.end(d);
 }
 
 fn proxy(d: &mut Decoder<'_>, mut t: Table<'_, '_>, p: &mut ProxyConfig) {

@@ -1,5 +1,6 @@
-//! Health probes: HTTP `GET` and TCP connect against `127.0.0.1:port`, and exec commands
-//! run through the process driver, each bounded by a timeout.
+//! Health probes: HTTP `GET` and TCP connect against an instance's address (`127.0.0.1:port`
+//! for processes, the container's address for containers), and exec commands run through the
+//! process driver or inside a container, each bounded by a timeout.
 //!
 //! A probe answers healthy (`Ok(())`) or unhealthy with a short reason meant for
 //! `chainctl status` ("connection refused", "http status 503", "timed out after 2s",
@@ -9,11 +10,13 @@
 //! plain TCP stream and the status line are all it needs.
 
 use std::io;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::driver::container::ContainerDriver;
 use crate::driver::process::{CommandSpec, ProcessDriver};
 
 /// How long [`port_accepts`] waits for a connection.
@@ -25,60 +28,83 @@ const MAX_STATUS_LINE: usize = 8 * 1024;
 /// What to probe.
 #[derive(Debug, Clone)]
 pub enum Probe {
-    /// `GET path` on `127.0.0.1:port`; statuses 200–399 are healthy.
-    Http { port: u16, path: String },
-    /// A TCP connection to `127.0.0.1:port` is accepted.
-    Tcp { port: u16 },
+    /// `GET path` on `addr`; statuses 200–399 are healthy.
+    Http { addr: SocketAddr, path: String },
+    /// A TCP connection to `addr` is accepted.
+    Tcp { addr: SocketAddr },
     /// The command exits with code 0.
     Exec(CommandSpec),
+    /// The command, run inside the container, exits with code 0.
+    ContainerExec {
+        driver: ContainerDriver,
+        id: String,
+        command: Vec<String>,
+    },
 }
 
 /// Runs one probe. `Ok(())` when healthy, `Err(reason)` otherwise.
 pub async fn check(probe: &Probe, timeout: Duration, driver: &ProcessDriver) -> Result<(), String> {
     match probe {
-        Probe::Http { port, path } => {
-            match tokio::time::timeout(timeout, http_status(*port, path)).await {
+        Probe::Http { addr, path } => {
+            match tokio::time::timeout(timeout, http_status(*addr, path)).await {
                 Err(_) => Err(timed_out(timeout)),
                 Ok(Err(reason)) => Err(reason),
                 Ok(Ok(status)) if (200..400).contains(&status) => Ok(()),
                 Ok(Ok(status)) => Err(format!("http status {status}")),
             }
         }
-        Probe::Tcp { port } => match tokio::time::timeout(timeout, connect(*port)).await {
-            Err(_) => Err(timed_out(timeout)),
-            Ok(Err(e)) => Err(describe(&e)),
-            Ok(Ok(_stream)) => Ok(()),
-        },
+        Probe::Tcp { addr } => {
+            match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+                Err(_) => Err(timed_out(timeout)),
+                Ok(Err(e)) => Err(describe(&e)),
+                Ok(Ok(_stream)) => Ok(()),
+            }
+        }
         Probe::Exec(cmd) => match driver.run(cmd, timeout).await {
             Err(e) => Err(error_chain(&e)),
             Ok(out) if out.timed_out => Err(timed_out(timeout)),
-            Ok(out) if out.status.success() => Ok(()),
-            Ok(out) => {
-                let first = out.output.lines().map(str::trim).find(|l| !l.is_empty());
-                Err(match first {
-                    Some(line) => format!("{}: {line}", out.status),
-                    None => out.status.to_string(),
-                })
-            }
+            Ok(out) => exit_result(out.status, &out.output),
+        },
+        Probe::ContainerExec {
+            driver,
+            id,
+            command,
+        } => match driver.exec(id, command, timeout).await {
+            Err(e) => Err(error_chain(&e)),
+            Ok(out) if out.timed_out => Err(timed_out(timeout)),
+            Ok(out) => exit_result(out.status, &out.output),
         },
     }
 }
 
-/// True when `127.0.0.1:port` accepts a TCP connection within about a second.
-pub async fn port_accepts(port: u16) -> bool {
+/// Healthy on exit code 0; otherwise the status and the first line of output.
+fn exit_result(status: crate::driver::process::ExitStatus, output: &str) -> Result<(), String> {
+    if status.success() {
+        return Ok(());
+    }
+    let first = output.lines().map(str::trim).find(|l| !l.is_empty());
+    Err(match first {
+        Some(line) => format!("{status}: {line}"),
+        None => status.to_string(),
+    })
+}
+
+/// True when `addr` accepts a TCP connection within about a second.
+pub async fn port_accepts(addr: SocketAddr) -> bool {
     matches!(
-        tokio::time::timeout(PORT_CHECK_TIMEOUT, connect(port)).await,
+        tokio::time::timeout(PORT_CHECK_TIMEOUT, TcpStream::connect(addr)).await,
         Ok(Ok(_))
     )
 }
 
-async fn connect(port: u16) -> io::Result<TcpStream> {
-    TcpStream::connect((std::net::Ipv4Addr::LOCALHOST, port)).await
+/// `127.0.0.1:port`: where a process instance listens.
+pub fn localhost(port: u16) -> SocketAddr {
+    SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port))
 }
 
 /// Sends the request and returns the status code of the response.
-async fn http_status(port: u16, path: &str) -> Result<u16, String> {
-    let mut stream = connect(port).await.map_err(|e| describe(&e))?;
+async fn http_status(addr: SocketAddr, path: &str) -> Result<u16, String> {
+    let mut stream = TcpStream::connect(addr).await.map_err(|e| describe(&e))?;
     let path = if path.starts_with('/') {
         path.to_string()
     } else {
@@ -209,7 +235,7 @@ mod tests {
 
     fn http(port: u16) -> Probe {
         Probe::Http {
-            port,
+            addr: localhost(port),
             path: "/healthz".into(),
         }
     }
@@ -260,16 +286,30 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         assert_eq!(
-            check(&Probe::Tcp { port }, Duration::from_secs(2), &d).await,
+            check(
+                &Probe::Tcp {
+                    addr: localhost(port)
+                },
+                Duration::from_secs(2),
+                &d
+            )
+            .await,
             Ok(())
         );
-        assert!(port_accepts(port).await);
+        assert!(port_accepts(localhost(port)).await);
         drop(listener);
         assert_eq!(
-            check(&Probe::Tcp { port }, Duration::from_secs(2), &d).await,
+            check(
+                &Probe::Tcp {
+                    addr: localhost(port)
+                },
+                Duration::from_secs(2),
+                &d
+            )
+            .await,
             Err("connection refused".to_string())
         );
-        assert!(!port_accepts(port).await);
+        assert!(!port_accepts(localhost(port)).await);
     }
 
     fn exec(script: &str) -> Probe {

@@ -62,6 +62,22 @@ pub struct Rotation {
     pub max_files: u32,
 }
 
+/// Which stream a [`Chunk`] came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Out,
+    Err,
+}
+
+/// A piece of an instance's output that arrives by message rather than through a FIFO, with
+/// the time it was written (the engine's timestamp for container output).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chunk {
+    pub source: Source,
+    pub time: SystemTime,
+    pub data: Vec<u8>,
+}
+
 enum Msg {
     Write(Vec<u8>),
     Rotation(Rotation),
@@ -131,6 +147,62 @@ impl UnitLog {
             [out, err],
             self.tx.clone(),
         ));
+        Ok(Attachment { handle })
+    }
+
+    /// Starts one reader task for output that arrives as [`Chunk`]s (a container's log
+    /// stream) instead of FIFOs. The task runs until the sender is dropped, then flushes.
+    pub fn attach_chunks(
+        &self,
+        instance: &str,
+        mut rx: mpsc::Receiver<Chunk>,
+    ) -> io::Result<Attachment> {
+        let runtime = runtime("UnitLog::attach_chunks")?;
+        let instance = sanitize_instance(instance);
+        let tx = self.tx.clone();
+        let handle = runtime.spawn(async move {
+            let mut out = LineBuf::new("out");
+            let mut err = LineBuf::new("err");
+            let mut clock = Timestamps::default();
+            let mut open = true;
+            while open {
+                let Some(first) = rx.recv().await else { break };
+                let mut chunk = Vec::new();
+                let mut next = Some(first);
+                // Everything already queued goes out in one write.
+                while let Some(c) = next.take() {
+                    let buf = match c.source {
+                        Source::Out => &mut out,
+                        Source::Err => &mut err,
+                    };
+                    buf.pending.extend_from_slice(&c.data);
+                    buf.emit_lines(&mut chunk, &mut clock, c.time, &instance);
+                    match rx.try_recv() {
+                        Ok(c) => next = Some(c),
+                        Err(mpsc::error::TryRecvError::Empty) => {}
+                        Err(mpsc::error::TryRecvError::Disconnected) => open = false,
+                    }
+                }
+                if !chunk.is_empty() && tx.send(Msg::Write(chunk)).await.is_err() {
+                    return;
+                }
+            }
+            let mut chunk = Vec::new();
+            let now = SystemTime::now();
+            for buf in [&mut out, &mut err] {
+                if !buf.pending.is_empty() {
+                    let rest = std::mem::take(&mut buf.pending);
+                    push_line(&mut chunk, &mut clock, now, &instance, buf.name, &rest);
+                }
+            }
+            if !chunk.is_empty() {
+                let _ = tx.send(Msg::Write(chunk)).await;
+            }
+            let (ack, done) = oneshot::channel();
+            if tx.send(Msg::Flush(ack)).await.is_ok() {
+                let _ = done.await;
+            }
+        });
         Ok(Attachment { handle })
     }
 
@@ -380,10 +452,53 @@ fn push_line(
 // ---------------------------------------------------------------------------------------
 // Reader
 
-struct Stream {
-    rx: pipe::Receiver,
+/// Bytes of one stream not yet formatted as lines.
+struct LineBuf {
     name: &'static str,
     pending: Vec<u8>,
+}
+
+impl LineBuf {
+    fn new(name: &'static str) -> LineBuf {
+        LineBuf {
+            name,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Formats every complete line of `pending` (and 16 KiB pieces of an overlong one),
+    /// keeping a trailing partial line.
+    fn emit_lines(
+        &mut self,
+        out: &mut Vec<u8>,
+        clock: &mut Timestamps,
+        now: SystemTime,
+        instance: &str,
+    ) {
+        let mut start = 0;
+        loop {
+            let rest = &self.pending[start..];
+            let newline = rest.iter().position(|b| *b == b'\n');
+            match newline {
+                Some(i) if i <= MAX_LINE => {
+                    push_line(out, clock, now, instance, self.name, &rest[..i]);
+                    start += i + 1;
+                }
+                _ if rest.len() > MAX_LINE => {
+                    let cut = utf8_cut(rest, MAX_LINE);
+                    push_line(out, clock, now, instance, self.name, &rest[..cut]);
+                    start += cut;
+                }
+                _ => break,
+            }
+        }
+        self.pending.drain(..start);
+    }
+}
+
+struct Stream {
+    rx: pipe::Receiver,
+    lines: LineBuf,
     eof: bool,
 }
 
@@ -424,8 +539,7 @@ impl Stream {
         }
         Ok(Stream {
             rx: pipe::Receiver::from_file(file)?,
-            name,
-            pending,
+            lines: LineBuf { name, pending },
             eof,
         })
     }
@@ -444,51 +558,22 @@ impl Stream {
             match self.rx.try_read(buf) {
                 Ok(0) => self.eof = true,
                 Ok(n) => {
-                    self.pending.extend_from_slice(&buf[..n]);
+                    self.lines.pending.extend_from_slice(&buf[..n]);
                     total += n;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    tracing::warn!(%instance, stream = self.name, error = %e, "reading output fifo");
+                    tracing::warn!(%instance, stream = self.lines.name, error = %e, "reading output fifo");
                     self.eof = true;
                 }
             }
         }
-        self.emit_lines(out, clock, now, instance);
-        if self.eof && !self.pending.is_empty() {
-            let rest = std::mem::take(&mut self.pending);
-            push_line(out, clock, now, instance, self.name, &rest);
+        self.lines.emit_lines(out, clock, now, instance);
+        if self.eof && !self.lines.pending.is_empty() {
+            let rest = std::mem::take(&mut self.lines.pending);
+            push_line(out, clock, now, instance, self.lines.name, &rest);
         }
-    }
-
-    /// Formats every complete line of `pending` (and 16 KiB pieces of an overlong one),
-    /// keeping a trailing partial line.
-    fn emit_lines(
-        &mut self,
-        out: &mut Vec<u8>,
-        clock: &mut Timestamps,
-        now: SystemTime,
-        instance: &str,
-    ) {
-        let mut start = 0;
-        loop {
-            let rest = &self.pending[start..];
-            let newline = rest.iter().position(|b| *b == b'\n');
-            match newline {
-                Some(i) if i <= MAX_LINE => {
-                    push_line(out, clock, now, instance, self.name, &rest[..i]);
-                    start += i + 1;
-                }
-                _ if rest.len() > MAX_LINE => {
-                    let cut = utf8_cut(rest, MAX_LINE);
-                    push_line(out, clock, now, instance, self.name, &rest[..cut]);
-                    start += cut;
-                }
-                _ => break,
-            }
-        }
-        self.pending.drain(..start);
     }
 }
 

@@ -71,6 +71,8 @@ pub trait ControlPlane: Clone + Send + Sync + 'static {
     fn has_unit(&self, name: &str) -> bool;
     /// The proxy's routes (empty without a proxy).
     fn routes(&self) -> Vec<RouteInfo>;
+    /// Removes containers with chain's labels that no instance owns.
+    fn gc(&self, req: GcRequest) -> impl Future<Output = Result<GcResult, ApiError>> + Send;
 }
 
 /// Who may call mutating endpoints.
@@ -222,6 +224,15 @@ async fn handle<C: ControlPlane>(
             };
             let wait = query.flag("wait")?.unwrap_or(false);
             json(&cp.unit_action(name, action, wait, caller).await?)
+        }
+        (&Method::POST, ["gc"]) => {
+            let body = read_body(req).await?;
+            let r: GcRequest = if body.is_empty() {
+                GcRequest::default()
+            } else {
+                serde_json::from_slice(&body).map_err(|e| bad_request(format!("gc body: {e}")))?
+            };
+            json(&cp.gc(r).await?)
         }
         (&Method::GET, ["units", name, "history"]) => {
             let n = query.usize("lines")?.unwrap_or(20);

@@ -25,6 +25,8 @@ pub enum ErrorCode {
     OperationFailed,
     /// The daemon is shutting down.
     ShuttingDown,
+    /// A service chaind depends on (the Docker engine) does not answer.
+    EngineUnavailable,
     Internal,
     /// A code this client does not know (sent by a newer daemon).
     #[serde(other)]
@@ -40,7 +42,7 @@ impl ErrorCode {
             Self::MethodNotAllowed => 405,
             Self::UnitInvalid => 422,
             Self::OperationFailed => 409,
-            Self::ShuttingDown => 503,
+            Self::ShuttingDown | Self::EngineUnavailable => 503,
             Self::Internal | Self::Unknown => 500,
         }
     }
@@ -74,6 +76,9 @@ pub struct VersionInfo {
     /// Address of the admin listener (`GET /metrics`), when there is one.
     #[serde(default)]
     pub admin: Option<String>,
+    /// This root's store id: the `chain.store` label of its containers.
+    #[serde(default)]
+    pub store_id: String,
 }
 
 /// One row of `chainctl ls`.
@@ -96,6 +101,12 @@ pub struct InstanceInfo {
     pub deployment: u64,
     pub pid: Option<i32>,
     pub port: Option<u16>,
+    /// Container units: the container's id (12 hex digits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// Where chain reaches the instance (`127.0.0.1:PORT`, or the container's address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
     pub uptime_secs: Option<u64>,
     pub restarts: u32,
     pub cpu_percent: Option<f32>,
@@ -154,6 +165,39 @@ pub struct ApplyRequest {
     /// Switch the active env profile (`""` clears it); absent keeps the current one.
     #[serde(default)]
     pub profile: Option<String>,
+}
+
+/// `POST /v1/gc`: remove containers with chain's labels that no instance owns.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GcRequest {
+    /// List what would be removed, remove nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Also remove containers of other chaind roots on this engine (their `chain.store`
+    /// differs); by default they are listed and kept.
+    #[serde(default)]
+    pub all: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GcResult {
+    pub containers: Vec<GcContainer>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GcContainer {
+    /// 12 hex digits.
+    pub id: String,
+    pub name: String,
+    #[serde(default)]
+    pub unit: Option<String>,
+    /// The `chain.store` label: which chaind root created it.
+    #[serde(default)]
+    pub store: Option<String>,
+    /// Engine status ("running", "exited", …).
+    pub state: String,
+    /// removed | would-remove | kept-other-store | failed: …
+    pub action: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

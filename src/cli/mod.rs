@@ -154,6 +154,16 @@ pub enum Cmd {
     Version,
     /// The proxy's routes, the ready instances behind each, and their in-flight requests.
     Routes,
+    /// Remove containers with chain's labels that no unit instance owns (left behind by a
+    /// removed root or a failed removal).
+    Gc {
+        /// List what would be removed; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Also remove containers of other chaind roots on this engine (kept by default).
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 /// Runs the command; returns the process exit code.
@@ -420,6 +430,32 @@ async fn dispatch(c: &Client, args: &Args) -> Result<i32, Error> {
                 print!("{}", t.render());
             }
             Ok(0)
+        }
+        Cmd::Gc { dry_run, all } => {
+            let body = GcRequest {
+                dry_run: *dry_run,
+                all: *all,
+            };
+            let r: GcResult = c.post("/v1/gc", Some(&body)).await?;
+            if json {
+                print_json(&r);
+            } else if r.containers.is_empty() {
+                println!("no container to collect");
+            } else {
+                let mut t = Table::new(&["CONTAINER", "NAME", "UNIT", "STATE", "ACTION"]);
+                for x in &r.containers {
+                    t.row(vec![
+                        x.id.clone(),
+                        x.name.clone(),
+                        x.unit.clone().unwrap_or_else(|| "-".into()),
+                        x.state.clone(),
+                        x.action.clone(),
+                    ]);
+                }
+                print!("{}", t.render());
+            }
+            let failed = r.containers.iter().any(|x| x.action.starts_with("failed"));
+            Ok(i32::from(failed))
         }
         Cmd::Version => {
             let v: VersionInfo = c.get("/v1/version").await?;

@@ -76,6 +76,8 @@ impl Daemon {
             port_range: cfg.settings.port_range,
             cpus: chain_agent::host::cpu_count(),
             profile: cfg.profile.clone(),
+            docker_socket: cfg.settings.docker.socket.clone(),
+            docker_network: cfg.settings.docker.network.clone(),
         };
         let (mut supervisor, handle) =
             Supervisor::new(sup_cfg.clone(), store).context("starting the supervisor")?;
@@ -196,6 +198,7 @@ impl Daemon {
                 http: http_addr.map(|a| a.to_string()),
                 https: https_addr.map(|a| a.to_string()),
                 admin: admin_addr.map(|a| a.to_string()),
+                store_id: handle.store.store_id().unwrap_or_default(),
             }),
             logs_dir: sup_cfg.logs_dir.clone(),
             events: {
@@ -385,11 +388,17 @@ impl ControlPlane for Plane {
         Ok(UnitStatus {
             summary: u.summary.clone(),
             description: spec.map(|s| s.description.clone()).unwrap_or_default(),
-            command: spec.map(|s| {
-                std::iter::once(s.process.command.as_str())
+            command: spec.map(|s| match &s.container {
+                Some(c) => {
+                    let cmd = c.command.as_ref().map(|w| w.join(" ")).unwrap_or_default();
+                    format!("container {} {cmd}", c.image)
+                        .trim_end()
+                        .to_string()
+                }
+                None => std::iter::once(s.process.command.as_str())
                     .chain(s.process.args.iter().map(String::as_str))
                     .collect::<Vec<_>>()
-                    .join(" ")
+                    .join(" "),
             }),
             restart_policy: spec.map(|s| s.restart.policy.as_str().to_string()),
             health: spec.and_then(|s| s.health.as_ref()).map(|h| {
@@ -496,6 +505,15 @@ impl ControlPlane for Plane {
             to: req.to,
             wait,
             caller,
+            reply,
+        })
+        .await
+    }
+
+    async fn gc(&self, req: GcRequest) -> Result<GcResult, ApiError> {
+        self.ask(|reply| Command::Gc {
+            dry_run: req.dry_run,
+            all: req.all,
             reply,
         })
         .await

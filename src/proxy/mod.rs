@@ -285,24 +285,15 @@ fn build(
             .iter()
             .filter(|i| i.info.routed)
             .filter_map(|i| {
-                let port = i.info.port?;
+                let addr = i.addr?;
                 let key = (name.clone(), i.info.generation);
-                Some(
-                    registry
-                        .entry(key)
-                        .or_insert_with(|| {
-                            Arc::new(
-                                Upstream::new(
-                                    name,
-                                    i.info.generation,
-                                    ([127, 0, 0, 1], port).into(),
-                                    epoch,
-                                )
-                                .with_stats(extras.instance(name, i.info.instance)),
-                            )
-                        })
-                        .clone(),
-                )
+                // A restarted container comes back at a new address under the same generation.
+                if registry.get(&key).is_none_or(|up| up.addr != addr) {
+                    let up = Upstream::new(name, i.info.generation, addr, epoch)
+                        .with_stats(extras.instance(name, i.info.instance));
+                    registry.insert(key.clone(), Arc::new(up));
+                }
+                registry.get(&key).cloned()
             })
             .collect();
         for r in &spec.routes {

@@ -27,6 +27,9 @@ pub struct UnitSnap {
 #[derive(Debug, Clone)]
 pub struct InstSnap {
     pub info: InstanceInfo,
+    /// Where the proxy and probes reach the instance: `127.0.0.1:port` for a process, the
+    /// container's address on chain's network for a container.
+    pub addr: Option<std::net::SocketAddr>,
     /// Wall-clock start, so uptime is computed at read time.
     pub started: Option<SystemTime>,
 }

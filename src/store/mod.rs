@@ -95,6 +95,15 @@ impl Store {
         Ok(id)
     }
 
+    /// The highest generation handed out so far (0 before the first).
+    pub fn current_generation(&self) -> Result<u64> {
+        Ok(self
+            .meta
+            .get("generation")?
+            .map(|v| be_u64(&v))
+            .unwrap_or(0))
+    }
+
     /// Next instance generation (monotonic for the store's lifetime).
     pub fn next_generation(&self) -> Result<u64> {
         let next = self

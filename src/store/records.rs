@@ -123,6 +123,9 @@ pub struct InstanceRecord {
     /// Set when the instance is being stopped on purpose (its exit must not be restarted).
     #[serde(default)]
     pub stopping: bool,
+    /// The engine's id of the instance's current container (container units).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
 }
 
 impl InstanceRecord {

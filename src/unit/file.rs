@@ -13,8 +13,9 @@ use toml::de::DeTable;
 use super::decode::{Decoder, Table};
 use super::error::{Pos, UnitError};
 use super::section::{
-    decode_depends_on, decode_deploy, decode_env, decode_health, decode_instances, decode_logs,
-    decode_port, decode_process, decode_profiles, decode_restart, decode_routes, decode_watch,
+    decode_container, decode_depends_on, decode_deploy, decode_env, decode_health,
+    decode_instances, decode_logs, decode_port, decode_process, decode_profiles, decode_restart,
+    decode_routes, decode_watch,
 };
 use super::spec::{
     DependencyCondition, HealthCheck, HealthSpec, LogSpec, PortSpec, RestartPolicy, RestartSpec,
@@ -41,6 +42,27 @@ pub const KEYS: &[&str] = &[
     "process.kill_timeout",
     "process.max_memory",
     "process.listen_timeout",
+    "container",
+    "container.image",
+    "container.pull",
+    "container.command",
+    "container.entrypoint",
+    "container.working_dir",
+    "container.port",
+    "container.bind",
+    "container.volumes",
+    "container.networks",
+    "container.labels",
+    "container.cpus",
+    "container.memory",
+    "container.user",
+    "container.read_only",
+    "container.init",
+    "container.gpus",
+    "container.env_file",
+    "container.stop_signal",
+    "container.kill_timeout",
+    "container.listen_timeout",
     "env",
     "profile",
     "profile.<name>.env",
@@ -161,7 +183,11 @@ pub struct UnitFile {
     /// Where `port` is written ([`Pos::START`] when absent).
     pub port_pos: Pos,
     pub depends_on: Vec<DependsOn>,
+    /// `[process]`, or for a container unit the stop settings and env files of `[container]`
+    /// (with an empty command).
     pub process: ProcessSection,
+    /// `[container]`, when the unit runs containers.
+    pub container: Option<crate::unit::spec::ContainerConfig>,
     /// `[env]` as written (values stringified); env files and profiles are merged by resolve.
     pub env: BTreeMap<String, String>,
     pub profiles: BTreeMap<String, Profile>,
@@ -330,7 +356,9 @@ fn decode(
         .map(|f| decode_depends_on(d, &f, &name))
         .unwrap_or_default();
 
-    let process = match top.take(d, "process") {
+    let process_field = top.take(d, "process");
+    let container_field = top.take(d, "container");
+    let process = match &process_field {
         Some(f) => {
             let hint = f
                 .scalar_string()
@@ -338,17 +366,38 @@ fn decode(
             f.table_with(d, hint)
                 .map(|t| decode_process(d, t, dir, shown_dir))
         }
-        None => {
-            top.missing(
-                d,
-                "process",
-                "missing required section [process]".into(),
-                Some("add a [process] section with command = \"path/to/program\"".into()),
-            );
-            None
-        }
+        None => None,
     };
-    let process = process.unwrap_or_else(|| ProcessSection::placeholder(dir));
+    let container = match &container_field {
+        Some(f) => {
+            let hint = f
+                .scalar_string()
+                .map(|s| format!("write [container] with image = {s:?}"));
+            f.table_with(d, hint)
+                .map(|t| decode_container(d, t, dir, shown_dir, port == PortSpec::None))
+        }
+        None => None,
+    };
+    match (&process_field, &container_field) {
+        (None, None) => top.missing(
+            d,
+            "process",
+            "missing required section [process] or [container]".into(),
+            Some("add a [process] section with command = \"path/to/program\", or a [container] section with image = \"name:tag\"".into()),
+        ),
+        (Some(_), Some(c)) => d.error(
+            c.key_span.start,
+            "container",
+            "a unit runs either a process or a container, not both",
+            Some("keep [process] or [container], and put the other in a unit file of its own".into()),
+        ),
+        _ => {}
+    }
+    let (process, container) = match (process, container) {
+        (Some(p), _) => (p, None),
+        (None, Some((p, c))) => (p, Some(c)),
+        (None, None) => (ProcessSection::placeholder(dir), None),
+    };
 
     let env = top
         .take(d, "env")
@@ -440,6 +489,7 @@ fn decode(
         port_pos,
         depends_on,
         process,
+        container,
         env,
         profiles,
         restart,
@@ -531,6 +581,8 @@ port = "auto"
 depends_on = []
 [process]
 command = "x"
+[container]
+labels = {}
 [env]
 [profile.p]
 [restart]

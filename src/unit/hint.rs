@@ -69,6 +69,29 @@ fn alias(section: &str, key: &str) -> Option<String> {
             format!("PM2's `{key}` is `{ours}` in [{ours_section}]")
         }
     };
+    if section == "container" {
+        let hint = match norm.as_str() {
+            "args" => "put the arguments in `command`, as an array: command = [\"serve\", \"--port\", \"80\"]",
+            "cwd" | "workdir" | "directory" => "did you mean `working_dir`?",
+            "maxmemory" | "memlimit" | "maxmemoryrestart" => {
+                "did you mean `memory`? (the engine enforces it; the container is OOM-killed above it)"
+            }
+            "group" => "give the group with the user: user = \"uid:gid\"",
+            "ports" | "expose" => {
+                "write the port the app listens on as port = 80; the top-level `port` says whether it is also published on the host"
+            }
+            "containername" | "hostname" => {
+                "chain names each instance's container itself; other units reach it by the unit name on chain's network"
+            }
+            "restart" => "the restart policy is `policy` in [restart]",
+            "dependson" => "`depends_on` is a top-level key: top-level keys must come before the first [section] header",
+            "build" => "chain runs images; build them first (docker build -t NAME .) and write image = \"NAME\"",
+            _ => "",
+        };
+        if !hint.is_empty() {
+            return Some(hint.to_string());
+        }
+    }
     let hint = match norm.as_str() {
         "script" => here("command", "process"),
         "maxmemoryrestart" => here("max_memory", "process"),

@@ -67,7 +67,11 @@ pub(crate) fn resolve_with<'t>(
             Err(reason) => errors.push(UnitError::at(
                 &file.path,
                 f.pos,
-                "process.env_file",
+                if file.container.is_some() {
+                    "container.env_file"
+                } else {
+                    "process.env_file"
+                },
                 match reason {
                     Some(reason) => format!("cannot read env file {}: {reason}", f.shown.display()),
                     None => format!("cannot read env file {}", f.shown.display()),
@@ -167,6 +171,7 @@ pub(crate) fn resolve_with<'t>(
         logs: file.logs,
         routes: file.routes.clone(),
         deploy: file.deploy.clone(),
+        container: file.container.clone(),
     })
 }
 

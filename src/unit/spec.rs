@@ -45,6 +45,111 @@ pub struct UnitSpec {
     /// the default, so specs written before `[deploy]` existed keep their revision.
     #[serde(default, skip_serializing_if = "DeploySpec::is_default")]
     pub deploy: DeploySpec,
+    /// `[container]`: the instances are Docker containers. `process` then holds only what every
+    /// driver shares (stop signal, kill and listen timeouts, the unit's directory as `cwd`) and
+    /// its `command` is empty. Left out of the JSON when None, so process units keep their
+    /// revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<ContainerConfig>,
+}
+
+/// `[container]`: what the container driver creates for each instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerConfig {
+    /// Image reference as written (`nginx:1.25-alpine`, `registry:5000/app@sha256:…`).
+    pub image: String,
+    #[serde(default)]
+    pub pull: PullPolicy,
+    /// Replaces the image's CMD; None keeps it.
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    /// Replaces the image's ENTRYPOINT; None keeps it.
+    #[serde(default)]
+    pub entrypoint: Option<Vec<String>>,
+    #[serde(default)]
+    pub working_dir: Option<String>,
+    /// The port the app listens on inside the container; None = the instance's `PORT`.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Host address the container port is published on when the unit has a fixed port or a
+    /// range (`"auto"` publishes nothing: chain reaches the container on its own network).
+    pub bind: String,
+    #[serde(default)]
+    pub volumes: Vec<VolumeSpec>,
+    /// Docker networks joined besides chain's own, created when missing.
+    #[serde(default)]
+    pub networks: Vec<String>,
+    /// Extra labels; `chain.*` labels are chain's own.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// CPU limit in thousandths of a CPU (`cpus = 1.5` → 1500).
+    #[serde(default)]
+    pub millicpus: Option<u32>,
+    /// Memory limit in bytes (the engine OOM-kills above it).
+    #[serde(default)]
+    pub memory: Option<u64>,
+    /// `user`, `user:group`, or numeric ids, as Docker takes them.
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub read_only: bool,
+    /// Run an init process (tini) as PID 1 that reaps zombies and forwards signals.
+    #[serde(default)]
+    pub init: bool,
+    /// NVIDIA GPUs requested from the engine.
+    #[serde(default)]
+    pub gpus: Option<Gpus>,
+}
+
+/// When the image is pulled.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PullPolicy {
+    /// Pull only when the image is not present locally.
+    #[default]
+    Missing,
+    /// Pull before every container start (a failed pull falls back to a local image).
+    Always,
+    /// Never pull: a missing image is an error.
+    Never,
+}
+
+impl PullPolicy {
+    pub const ALL: [&'static str; 3] = ["missing", "always", "never"];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::Always => "always",
+            Self::Never => "never",
+        }
+    }
+}
+
+/// One `volumes` entry: `source:target[:ro]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeSpec {
+    pub source: VolumeSource,
+    /// Absolute path inside the container.
+    pub target: String,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VolumeSource {
+    /// A host path (absolute; relative paths in the file are joined onto its directory).
+    Bind(PathBuf),
+    /// A named volume managed by the engine (created on first use).
+    Volume(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Gpus {
+    Count(u32),
+    All,
 }
 
 /// `[deploy]`: the strategy and its limits.

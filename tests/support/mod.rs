@@ -3,6 +3,8 @@
 //! process behind.
 #![allow(dead_code)]
 
+pub mod docker;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -66,6 +68,9 @@ pub struct TestDaemon {
     child: Option<Child>,
     extra_args: Vec<String>,
     ports: (u16, u16),
+    /// Set by `docker::Containers::of`: containers with this `chain.store` label are removed
+    /// when the daemon is dropped (after chaind is gone).
+    pub(crate) docker_store: std::sync::Mutex<Option<String>>,
 }
 
 impl TestDaemon {
@@ -102,6 +107,7 @@ impl TestDaemon {
             child: None,
             extra_args: args.iter().map(|s| s.to_string()).collect(),
             ports: port_window(),
+            docker_store: std::sync::Mutex::new(None),
         };
         d.spawn();
         d
@@ -258,8 +264,12 @@ impl Drop for TestDaemon {
             c.kill().ok();
             c.wait().ok();
         }
-        // Safety net: no process that still holds a file under this test's directory survives.
+        // Safety net: no process that still holds a file under this test's directory survives,
+        // and no container this daemon created.
         kill_holders(self.dir.path());
+        if let Some(store) = self.docker_store.lock().ok().and_then(|s| s.clone()) {
+            docker::remove_all(&store);
+        }
         if std::thread::panicking() {
             eprintln!(
                 "--- chaind log ({}) ---\n{}",

@@ -190,11 +190,11 @@ impl Supervisor {
         };
         d.verify = Verify::Running;
         let deployment = d.deployment;
-        let ports: Vec<(u32, u16)> = u
+        let addrs: Vec<(u32, std::net::SocketAddr)> = u
             .instances
             .iter()
             .filter(|i| i.deployment == deployment)
-            .filter_map(|i| Some((i.index, i.port?)))
+            .filter_map(|i| Some((i.index, i.addr?)))
             .collect();
         let tx = self.tx.clone();
         let unit = name.to_string();
@@ -209,8 +209,8 @@ impl Supervisor {
         );
         tokio::spawn(async move {
             let mut result = Ok(());
-            for (index, port) in ports {
-                if let Err(e) = verify_one(port, &spec).await {
+            for (index, addr) in addrs {
+                if let Err(e) = verify_one(addr, &spec).await {
                     result = Err(format!("instance {index}: {e}"));
                     break;
                 }
@@ -691,10 +691,13 @@ fn round(d: Duration) -> Duration {
 }
 
 /// One verify request: plain HTTP/1.1 GET, status and optional body substring checked.
-async fn verify_one(port: u16, spec: &crate::unit::VerifySpec) -> Result<(), String> {
+async fn verify_one(
+    addr: std::net::SocketAddr,
+    spec: &crate::unit::VerifySpec,
+) -> Result<(), String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let io = async {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        let mut s = tokio::net::TcpStream::connect(addr)
             .await
             .map_err(|e| e.to_string())?;
         let req = format!("GET {} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: chain-verify\r\nConnection: close\r\n\r\n", spec.path);

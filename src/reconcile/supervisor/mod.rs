@@ -8,13 +8,16 @@
 //! Owned here and nowhere else: the unit table, every instance's state, the port pool, and all
 //! store writes. The decisions themselves live in the pure modules; this file only executes.
 
+mod container;
 mod deploy;
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use chain_agent::driver::container::{ContainerDriver, ContainerInfo, Started};
 use chain_agent::driver::process::{
     self as driver, CommandSpec, ExitStatus, ExitWatch, ProcessDriver, ProcessId, ProcessSpec,
     Retry, UserIds,
@@ -52,6 +55,10 @@ pub struct Config {
     pub cpus: u32,
     /// Applied at start-up when the store has no active profile yet.
     pub profile: Option<String>,
+    /// The Docker engine container units run on.
+    pub docker_socket: PathBuf,
+    /// The bridge network containers join (chain reaches them on it).
+    pub docker_network: String,
 }
 
 /// Requests from the API.
@@ -86,6 +93,12 @@ pub enum Command {
     Shutdown {
         leave_running: bool,
         done: oneshot::Sender<()>,
+    },
+    /// Remove containers with chain's labels that no instance owns.
+    Gc {
+        dry_run: bool,
+        all: bool,
+        reply: oneshot::Sender<Result<crate::api::wire::GcResult, ApiError>>,
     },
 }
 
@@ -134,6 +147,22 @@ enum Msg {
         unit: String,
         path: PathBuf,
     },
+    /// A container start (`n`-th attempt of the instance) finished.
+    ContainerStarted {
+        unit: String,
+        gen: u64,
+        n: u32,
+        result: Result<Started, (String, bool)>,
+    },
+    /// An event from a background task (image pull progress, OOM kills).
+    Note {
+        unit: String,
+        index: Option<u32>,
+        kind: &'static str,
+        message: String,
+    },
+    /// A background container removal finished.
+    CleanupDone,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -228,6 +257,15 @@ struct Instance {
     stdout: PathBuf,
     stderr: PathBuf,
     env: Vec<(String, String)>,
+    /// Where the proxy and probes reach it: `127.0.0.1:port` for a process, the container's
+    /// address (known once it started) for a container.
+    addr: Option<SocketAddr>,
+    /// The engine's id of the current container (container units).
+    container: Option<String>,
+    /// A container start is in flight: the attempt number it was given.
+    starting: Option<u32>,
+    /// Container start attempts so far (each gets its own container name).
+    attempts: u32,
 }
 
 struct Waiter {
@@ -241,6 +279,9 @@ pub struct Supervisor {
     cfg: Arc<Config>,
     store: Store,
     driver: ProcessDriver,
+    containers: ContainerDriver,
+    /// Container removals running in the background (chaind waits for them at shutdown).
+    cleanups: usize,
     store_id: String,
     units: BTreeMap<String, Unit>,
     ports: PortPool,
@@ -315,8 +356,11 @@ impl Supervisor {
             events: events.clone(),
             store: store.clone(),
         };
+        let containers = ContainerDriver::new(cfg.docker_socket.clone());
         let sup = Supervisor {
             ports: PortPool::new(cfg.port_range.0, cfg.port_range.1, seed),
+            containers,
+            cleanups: 0,
             cfg: Arc::new(cfg),
             store,
             driver,
@@ -346,7 +390,8 @@ impl Supervisor {
 
     /// Runs until a shutdown command completes.
     pub async fn run(mut self) {
-        self.recover();
+        let containers = self.own_containers().await;
+        self.recover(containers);
         self.apply_units("start");
         self.spawn_stats_task();
         self.turn_end();
@@ -375,16 +420,19 @@ impl Supervisor {
     }
 
     fn all_stopped(&self) -> bool {
-        self.units
-            .values()
-            .all(|u| u.instances.iter().all(|i| !i.state.has_process()))
+        self.cleanups == 0
+            && self.units.values().all(|u| {
+                u.instances
+                    .iter()
+                    .all(|i| !i.state.has_process() && i.starting.is_none())
+            })
     }
 
     // --- start-up ----------------------------------------------------------------------------
 
     /// Rebuilds units from their last good records and re-attaches to the processes an earlier
     /// chaind left running. Nothing is started here: `plan` decides after the unit files load.
-    fn recover(&mut self) {
+    fn recover(&mut self, containers: Option<HashMap<String, ContainerInfo>>) {
         let units = match self.store.units() {
             Ok(u) => u,
             Err(e) => {
@@ -449,11 +497,33 @@ impl Supervisor {
         };
         let now = Instant::now();
         for rec in records {
-            self.recover_instance(rec, now);
+            self.recover_instance(rec, now, containers.as_ref());
         }
     }
 
-    fn recover_instance(&mut self, rec: InstanceRecord, now: Instant) {
+    fn recover_instance(
+        &mut self,
+        rec: InstanceRecord,
+        now: Instant,
+        containers: Option<&HashMap<String, ContainerInfo>>,
+    ) {
+        let spec = self
+            .units
+            .get(&rec.unit)
+            .and_then(|u| u.current.clone())
+            .map(|c| c.spec)
+            .or_else(|| self.revision_spec(&rec.unit, &rec.revision));
+        if let Some(spec) = spec.clone().filter(|s| s.container.is_some()) {
+            let found = containers.map(|c| {
+                let by_id = rec
+                    .container
+                    .as_ref()
+                    .and_then(|id| c.values().find(|i| &i.id == id));
+                by_id.or_else(|| c.get(&rec.tag)).cloned()
+            });
+            self.recover_container(rec, spec, found, now);
+            return;
+        }
         let found = match (rec.pid, rec.start_time) {
             (Some(pid), Some(start_time)) => Some(ProcessId { pid, start_time }),
             // chaind died between spawn and recording the pid: find the process by its tag.
@@ -472,12 +542,7 @@ impl Supervisor {
             },
             None => None,
         };
-        let spec = self
-            .units
-            .get(&rec.unit)
-            .and_then(|u| u.current.clone())
-            .map(|c| c.spec);
-        let Some(spec) = spec.or_else(|| self.revision_spec(&rec.unit, &rec.revision)) else {
+        let Some(spec) = spec else {
             // No spec to run it by: stop what is there and forget it.
             if let Some((id, _)) = &watch {
                 self.driver.kill_all(*id, &rec.tag);
@@ -488,40 +553,11 @@ impl Supervisor {
             return;
         };
         let unit_name = rec.unit.clone();
+        let mut inst = self.instance_from_record(&rec, &spec);
         let u = self
             .units
             .entry(unit_name.clone())
             .or_insert_with(|| Unit::new(&unit_name, PathBuf::new()));
-        if let Some(p) = rec.port {
-            self.ports.reserve(p);
-        }
-        let env = instance_env(&self.base_env, &spec, rec.index, rec.port);
-        let mut inst = Instance {
-            index: rec.index,
-            gen: rec.generation,
-            deployment: rec.deployment,
-            revision: Revision(rec.revision.clone()),
-            spec: spec.clone(),
-            state: InstanceState::Pending,
-            history: History::default(),
-            tag: rec.tag.clone(),
-            port: rec.port,
-            proc: None,
-            spawned_at: None,
-            started_wall: rec
-                .started_ms
-                .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms)),
-            restarts: rec.restarts,
-            ready_since: None,
-            health_failures: 0,
-            last_check_error: None,
-            stats: None,
-            probe: None,
-            attachment: None,
-            stdout: PathBuf::from(&rec.stdout),
-            stderr: PathBuf::from(&rec.stderr),
-            env,
-        };
         let label = rec.index.to_string();
         match watch {
             Some((id, w)) => {
@@ -608,6 +644,52 @@ impl Supervisor {
         }
     }
 
+    /// An instance as recorded, in state Pending with no process; reserves its port.
+    fn instance_from_record(&mut self, rec: &InstanceRecord, spec: &Arc<UnitSpec>) -> Instance {
+        if let Some(p) = rec.port {
+            self.ports.reserve(p);
+        }
+        let env = instance_env(&self.base_env, spec, rec.index, rec.port);
+        Instance {
+            index: rec.index,
+            gen: rec.generation,
+            deployment: rec.deployment,
+            revision: Revision(rec.revision.clone()),
+            spec: spec.clone(),
+            state: InstanceState::Pending,
+            history: History::default(),
+            tag: rec.tag.clone(),
+            port: rec.port,
+            proc: None,
+            spawned_at: None,
+            started_wall: rec
+                .started_ms
+                .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms)),
+            restarts: rec.restarts,
+            ready_since: None,
+            health_failures: 0,
+            last_check_error: None,
+            stats: None,
+            probe: None,
+            attachment: None,
+            stdout: PathBuf::from(&rec.stdout),
+            stderr: PathBuf::from(&rec.stderr),
+            env,
+            addr: rec
+                .port
+                .filter(|_| spec.container.is_none())
+                .map(health::localhost),
+            container: None,
+            starting: None,
+            attempts: rec
+                .tag
+                .rsplit('.')
+                .next()
+                .and_then(|n| n.parse::<u32>().ok())
+                .map_or(0, |n| n + 1),
+        }
+    }
+
     fn revision_spec(&self, unit: &str, revision: &str) -> Option<Arc<UnitSpec>> {
         let revs = self.store.revisions(unit).ok()?;
         revs.into_iter()
@@ -675,6 +757,19 @@ impl Supervisor {
                 result,
             } => self.on_verified(&unit, deployment, result),
             Msg::Tick => self.tick_armed = None,
+            Msg::ContainerStarted {
+                unit,
+                gen,
+                n,
+                result,
+            } => self.on_container_started(&unit, gen, n, result),
+            Msg::Note {
+                unit,
+                index,
+                kind,
+                message,
+            } => self.emit(&unit, index, kind, message),
+            Msg::CleanupDone => self.cleanups = self.cleanups.saturating_sub(1),
             Msg::WatchFired { unit, path } => {
                 let live = self
                     .units
@@ -760,6 +855,11 @@ impl Supervisor {
                     self.shutting_down = true;
                 }
             }
+            Command::Gc {
+                dry_run,
+                all,
+                reply,
+            } => self.gc(dry_run, all, reply),
         }
     }
 
@@ -954,15 +1054,25 @@ impl Supervisor {
         let Some(proc) = inst.proc.filter(|p| p.pid == pid) else {
             return;
         };
-        // No orphan left: whatever the main process leaves behind goes with it.
-        background_kill(&driver, proc, &inst.tag);
+        let container = inst.container.take();
+        if container.is_none() {
+            // No orphan left: whatever the main process leaves behind goes with it.
+            background_kill(&driver, proc, &inst.tag);
+        }
         if let Some(p) = inst.probe.take() {
             p.abort();
         }
         inst.proc = None;
         let index = inst.index;
-        let text = format!("pid {pid} {status}");
+        let text = match &container {
+            Some(id) => format!("container {} {status}", short_id(id)),
+            None => format!("pid {pid} {status}"),
+        };
+        let cleanup = container.map(|id| (id, inst.attachment.take()));
         self.unit_log_system(unit, index, &text);
+        if let Some((id, attachment)) = cleanup {
+            self.cleanup_container(id, attachment);
+        }
         self.persist_instance(unit, gen);
         self.instance_event(unit, gen, Event::Exited { status });
     }
@@ -1477,6 +1587,12 @@ impl Supervisor {
             stdout: dir.join(format!("{gen}.0.out")),
             stderr: dir.join(format!("{gen}.0.err")),
             env: instance_env(&self.base_env, &cur.spec, index, port),
+            addr: port
+                .filter(|_| cur.spec.container.is_none())
+                .map(health::localhost),
+            container: None,
+            starting: None,
+            attempts: 0,
         };
         u.instances.push(inst);
         self.persist_instance(unit, gen);
@@ -1547,11 +1663,22 @@ impl Supervisor {
             Effect::Spawn => self.spawn(unit, gen),
             Effect::Signal => {
                 let driver = self.driver.clone();
+                let containers = self.containers.clone();
                 let Some(inst) = self.instance_mut(unit, gen) else {
                     return;
                 };
                 if let Some(p) = inst.probe.take() {
                     p.abort();
+                }
+                if let Some(id) = inst.container.clone() {
+                    let sig = inst.spec.process.stop_signal.clone();
+                    let unit = unit.to_string();
+                    tokio::spawn(async move {
+                        if let Err(e) = containers.signal(&id, &sig).await {
+                            tracing::warn!(unit, gen, error = %e, "cannot signal container");
+                        }
+                    });
+                    return;
                 }
                 let sig = driver::signal_from_name(&inst.spec.process.stop_signal)
                     .unwrap_or(libc::SIGTERM);
@@ -1569,6 +1696,16 @@ impl Supervisor {
                 let Some(inst) = self.instance(unit, gen) else {
                     return;
                 };
+                if let Some(id) = inst.container.clone() {
+                    let containers = self.containers.clone();
+                    let unit = unit.to_string();
+                    tokio::spawn(async move {
+                        if let Err(e) = containers.signal(&id, "SIGKILL").await {
+                            tracing::warn!(unit, gen, error = %e, "cannot kill container");
+                        }
+                    });
+                    return;
+                }
                 if let Some(proc) = inst.proc {
                     background_kill(&self.driver, proc, &inst.tag);
                 }
@@ -1633,6 +1770,10 @@ impl Supervisor {
         let Some(inst) = self.instance(unit, gen) else {
             return;
         };
+        if inst.spec.container.is_some() {
+            self.spawn_container(unit, gen);
+            return;
+        }
         let spec = inst.spec.clone();
         let user = match resolve_user(&spec) {
             Ok(u) => u,
@@ -1674,7 +1815,6 @@ impl Supervisor {
             tag,
         };
         let result = self.driver.start(&pspec);
-        let now = Instant::now();
         match result {
             Ok((id, watch)) => {
                 let label = self
@@ -1697,30 +1837,11 @@ impl Supervisor {
                 let Some(inst) = self.instance_mut(unit, gen) else {
                     return;
                 };
-                if inst.spawned_at.is_some() {
-                    inst.restarts += 1;
-                }
-                inst.proc = Some(id);
                 inst.tag = pspec.tag.clone();
                 inst.stdout = pspec.stdout.clone();
                 inst.stderr = pspec.stderr.clone();
-                inst.spawned_at = Some(now);
-                inst.started_wall = Some(SystemTime::now());
-                inst.health_failures = 0;
-                inst.attachment = attachment;
-                let index = inst.index;
-                let port = inst.port;
                 spawn_exit_watch(&self.tx, unit, gen, id.pid, watch);
-                self.persist_instance(unit, gen);
-                let where_ = port.map(|p| format!(" on port {p}")).unwrap_or_default();
-                self.emit(
-                    unit,
-                    Some(index),
-                    "started",
-                    format!("pid {}{where_}", id.pid),
-                );
-                self.instance_event(unit, gen, Event::Spawned);
-                self.start_probe(unit, gen);
+                self.spawned(unit, gen, id, attachment, format!("pid {}", id.pid));
             }
             Err(e) => {
                 let permanent = e.retry() == Retry::Permanent;
@@ -1736,6 +1857,36 @@ impl Supervisor {
         }
     }
 
+    /// Bookkeeping once an instance's process or container runs: record it, report it, and
+    /// start watching its readiness.
+    fn spawned(
+        &mut self,
+        unit: &str,
+        gen: u64,
+        id: ProcessId,
+        attachment: Option<Attachment>,
+        what: String,
+    ) {
+        let Some(inst) = self.instance_mut(unit, gen) else {
+            return;
+        };
+        if inst.spawned_at.is_some() {
+            inst.restarts += 1;
+        }
+        inst.proc = Some(id);
+        inst.spawned_at = Some(Instant::now());
+        inst.started_wall = Some(SystemTime::now());
+        inst.health_failures = 0;
+        inst.attachment = attachment;
+        let index = inst.index;
+        let port = inst.port;
+        self.persist_instance(unit, gen);
+        let where_ = port.map(|p| format!(" on port {p}")).unwrap_or_default();
+        self.emit(unit, Some(index), "started", format!("{what}{where_}"));
+        self.instance_event(unit, gen, Event::Spawned);
+        self.start_probe(unit, gen);
+    }
+
     /// Readiness and health for a freshly spawned (or adopted) instance.
     fn start_probe(&mut self, unit: &str, gen: u64) {
         let tx = self.tx.clone();
@@ -1748,19 +1899,26 @@ impl Supervisor {
         };
         let unit_s = unit.to_string();
         let spec = inst.spec.clone();
-        let task = match (&spec.health, inst.port) {
-            (Some(h), port) => {
+        // An address that refuses at once: an http/tcp check without a port fails clearly.
+        let no_addr = health::localhost(0);
+        let task = match (&spec.health, inst.addr) {
+            (Some(h), addr) => {
                 let ready_deadline = Instant::now() + spec.process.listen_timeout;
                 self.arm(unit, gen, TimerKind::Listen, ready_deadline);
-                let probe = match &h.check {
-                    HealthCheck::Http { path } => Probe::Http {
-                        port: port.unwrap_or(0),
+                let probe = match (&h.check, &inst.container) {
+                    (HealthCheck::Http { path }, _) => Probe::Http {
+                        addr: addr.unwrap_or(no_addr),
                         path: path.clone(),
                     },
-                    HealthCheck::Tcp => Probe::Tcp {
-                        port: port.unwrap_or(0),
+                    (HealthCheck::Tcp, _) => Probe::Tcp {
+                        addr: addr.unwrap_or(no_addr),
                     },
-                    HealthCheck::Exec { command } => Probe::Exec(CommandSpec {
+                    (HealthCheck::Exec { command }, Some(id)) => Probe::ContainerExec {
+                        driver: self.containers.clone(),
+                        id: id.clone(),
+                        command: command.clone(),
+                    },
+                    (HealthCheck::Exec { command }, None) => Probe::Exec(CommandSpec {
                         program: command.first().cloned().unwrap_or_default(),
                         args: command.iter().skip(1).cloned().collect(),
                         cwd: spec.process.cwd.clone(),
@@ -1790,13 +1948,13 @@ impl Supervisor {
                     }
                 })
             }
-            (None, Some(port)) => {
+            (None, Some(addr)) => {
                 let listen_deadline = Instant::now() + spec.process.listen_timeout;
                 self.arm(unit, gen, TimerKind::Listen, listen_deadline);
                 tokio::spawn(async move {
                     let mut delay = Duration::from_millis(10);
                     loop {
-                        if health::port_accepts(port).await {
+                        if health::port_accepts(addr).await {
                             let _ = tx.send(Msg::Listening {
                                 unit: unit_s,
                                 gen,
@@ -1909,6 +2067,7 @@ impl Supervisor {
                     ..
                 }
             ),
+            container: inst.container.clone(),
         };
         if let Err(e) = self.store.put_instance(&rec) {
             tracing::error!(unit, gen, error = %e, "cannot store instance");
@@ -2388,6 +2547,8 @@ impl Instance {
                 deployment: self.deployment,
                 pid: self.proc.map(|p| p.pid),
                 port: self.port,
+                container: self.container.as_deref().map(|id| short_id(id).to_string()),
+                address: self.addr.map(|a| a.to_string()),
                 uptime_secs: None,
                 restarts: self.restarts,
                 cpu_percent: self.stats.map(|s| s.cpu_percent),
@@ -2395,6 +2556,7 @@ impl Instance {
                 revision: self.revision.short().to_string(),
             },
             started: self.started_wall,
+            addr: self.addr,
         }
     }
 }
@@ -2424,6 +2586,7 @@ fn spawn_exit_watch(
 fn instance_key(spec: &UnitSpec) -> String {
     let key = serde_json::json!({
         "process": spec.process,
+        "container": spec.container,
         "env": spec.env,
         "port": spec.port,
     });
@@ -2444,6 +2607,11 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         src = s.source();
     }
     text
+}
+
+/// The 12-hex-digit form of a container id that `docker ps` shows.
+fn short_id(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
 }
 
 /// The tag of one incarnation (one process) of an instance: unique on the host.

@@ -3,6 +3,7 @@
 //! A new section (`[container]`, `[[route]]`, `[deploy]`) is one more file here with a
 //! `decode_*` function, one `take` in `file::decode`, and its keys in `KEYS` and docs/units.md.
 
+mod container;
 mod deploy;
 mod env;
 mod health;
@@ -14,6 +15,7 @@ mod route;
 mod top;
 mod watch;
 
+pub(crate) use container::decode_container;
 pub(crate) use deploy::decode_deploy;
 pub(crate) use env::{
     decode_env, decode_profiles, reserved_env_hint, valid_env_name, ENV_NAME_RULE,

@@ -58,29 +58,9 @@ pub(crate) fn decode_process(
     p.user = t.take(d, "user").and_then(|f| user_or_group(d, &f));
     p.group = t.take(d, "group").and_then(|f| user_or_group(d, &f));
     if let Some(f) = t.take(d, "env_file") {
-        for item in f
-            .string_or_strings(d, "a path or an array of paths")
-            .unwrap_or_default()
-        {
-            if item.value.trim().is_empty() {
-                d.error(item.at, item.path, "env file path must not be empty", None);
-                continue;
-            }
-            p.env_files.push(EnvFileRef {
-                path: normalize_path(&dir.join(&item.value)),
-                shown: normalize_path(&shown_dir.join(&item.value)),
-                pos: d.pos(item.at),
-            });
-        }
+        p.env_files = decode_env_files(d, &f, dir, shown_dir);
     }
-    if let Some(f) = t.take(d, "stop_signal") {
-        if let Some(s) = decode_signal(d, &f) {
-            p.stop_signal = s;
-        }
-    }
-    if let Some(v) = t.take(d, "kill_timeout").and_then(|f| f.duration(d)) {
-        p.kill_timeout = v;
-    }
+    decode_stop(d, &mut t, &mut p);
     if let Some(f) = t.take(d, "max_memory") {
         if let Some(v) = f.size(d) {
             if v == 0 {
@@ -94,14 +74,60 @@ pub(crate) fn decode_process(
             }
         }
     }
+    decode_listen_timeout(d, &mut t, &mut p);
+    t.end(d);
+    p
+}
+
+/// `env_file`: a path or an array of paths, relative to the unit file's directory.
+pub(crate) fn decode_env_files(
+    d: &mut Decoder<'_>,
+    f: &Field<'_, '_>,
+    dir: &Path,
+    shown_dir: &Path,
+) -> Vec<EnvFileRef> {
+    let mut out = Vec::new();
+    for item in f
+        .string_or_strings(d, "a path or an array of paths")
+        .unwrap_or_default()
+    {
+        if item.value.trim().is_empty() {
+            d.error(item.at, item.path, "env file path must not be empty", None);
+            continue;
+        }
+        out.push(EnvFileRef {
+            path: normalize_path(&dir.join(&item.value)),
+            shown: normalize_path(&shown_dir.join(&item.value)),
+            pos: d.pos(item.at),
+        });
+    }
+    out
+}
+
+/// `stop_signal` and `kill_timeout`, shared by [process] and [container].
+pub(crate) fn decode_stop(d: &mut Decoder<'_>, t: &mut Table<'_, '_>, p: &mut ProcessSection) {
+    if let Some(f) = t.take(d, "stop_signal") {
+        if let Some(s) = decode_signal(d, &f) {
+            p.stop_signal = s;
+        }
+    }
+    if let Some(v) = t.take(d, "kill_timeout").and_then(|f| f.duration(d)) {
+        p.kill_timeout = v;
+    }
+}
+
+/// `listen_timeout`, shared by [process] and [container].
+pub(crate) fn decode_listen_timeout(
+    d: &mut Decoder<'_>,
+    t: &mut Table<'_, '_>,
+    p: &mut ProcessSection,
+) {
     if let Some(v) = t
         .take(d, "listen_timeout")
         .and_then(|f| f.positive_duration(d))
     {
         p.listen_timeout = v;
     }
-    t.end(d);
-    p
 }
 
 /// A user or group: a name, or a numeric id (as a string or an integer).
