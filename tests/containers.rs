@@ -75,10 +75,27 @@ command = ["sleep", "600"]
 kill_timeout = "1s"
 "#
     );
-    let d = TestDaemon::start(&[("web", &web), ("stubborn", &stubborn)]);
+    // A process that waits for the containers: depends_on works across drivers.
+    let after = "port = \"none\"\ndepends_on = { web = \"healthy\" }\n[process]\ncommand = \"sleep\"\nargs = [\"600\"]\n";
+    let d = TestDaemon::start(&[("web", &web), ("stubborn", &stubborn), ("after", after)]);
     let c = Containers::of(&d);
     let v = d.wait_running("web", 2);
     d.wait_running("stubborn", 1);
+    d.wait_running("after", 1);
+    let last_ready = d
+        .events("web")
+        .into_iter()
+        .filter(|e| e.kind == "ready")
+        .map(|e| e.time)
+        .max()
+        .unwrap();
+    let started = d
+        .events("after")
+        .into_iter()
+        .find(|e| e.kind == "started")
+        .unwrap()
+        .time;
+    assert!(started >= last_ready, "{started} < {last_ready}");
     for i in &v {
         let addr = i.address.as_deref().expect("address");
         assert!(addr.ends_with(":8080"), "{addr}");
@@ -110,6 +127,7 @@ kill_timeout = "1s"
         "{:?}",
         d.events("stubborn")
     );
+    d.ctl_ok(&["stop", "after"]);
     d.ctl_ok(&["stop", "web"]);
     eventually(Duration::from_secs(15), "containers removed", || {
         c.list().is_empty().then_some(())
@@ -456,4 +474,101 @@ fn container_deploys_under_load() {
             (c.list().len() == 2).then_some(())
         });
     }
+}
+
+/// A registry on loopback (Debian's docker-registry), killed when dropped.
+struct Registry {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    fn start() -> Option<Registry> {
+        let bin = ["/usr/bin/docker-registry", "/usr/sbin/docker-registry"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists());
+        let Some(bin) = bin else {
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("CI=true but docker-registry is not installed (apt-get install docker-registry)");
+            }
+            eprintln!("SKIP: the pull test needs docker-registry (apt-get install docker-registry)");
+            return None;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let child = std::process::Command::new(bin)
+            .arg("serve")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let r = Registry {
+            child,
+            port,
+            _dir: dir,
+        };
+        eventually(Duration::from_secs(10), "registry listening", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        Some(r)
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+/// An image that is not present locally is pulled (from a registry on loopback, which the
+/// engine trusts without TLS), with progress reported as events, and then runs.
+#[test]
+fn missing_image_is_pulled_with_progress() {
+    let Some(image) = docker::image() else { return };
+    let Some(registry) = Registry::start() else {
+        return;
+    };
+    let remote = format!(
+        "127.0.0.1:{}/chain-test-pull:{}",
+        registry.port,
+        std::process::id()
+    );
+    docker::docker(&["tag", &image, &remote]).unwrap();
+    docker::docker(&["push", &remote]).unwrap();
+    docker::docker(&["rmi", &remote]).unwrap();
+    let unit = demo_container(&remote, 1, "pulled", "");
+    let d = TestDaemon::start(&[("web", &unit)]);
+    let _c = Containers::of(&d);
+    let v = d.wait_running("web", 1);
+    let (status, body) = http(v[0].address.as_deref().unwrap(), "/").unwrap();
+    assert_eq!((status, body.trim()), (200, "pulled"));
+    let pulls: Vec<String> = d
+        .events("web")
+        .into_iter()
+        .filter(|e| e.kind == "pull")
+        .map(|e| e.message)
+        .collect();
+    assert!(
+        pulls.first().is_some_and(|m| m == &format!("pulling image {remote}"))
+            && pulls.last().is_some_and(|m| m == &format!("pulled image {remote}")),
+        "{pulls:?}"
+    );
+    drop(d);
+    let _ = docker::docker(&["rmi", &remote]);
 }

@@ -102,10 +102,10 @@ pub struct InstanceInfo {
     pub pid: Option<i32>,
     pub port: Option<u16>,
     /// Container units: the container's id (12 hex digits).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub container: Option<String>,
     /// Where chain reaches the instance (`127.0.0.1:PORT`, or the container's address).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub address: Option<String>,
     pub uptime_secs: Option<u64>,
     pub restarts: u32,

@@ -61,4 +61,8 @@ tar -C "$root" -c . | docker import \
     -c 'CMD ["/bin/sh"]' \
     -m "chain test image: busybox + demo" - "$ref" >/dev/null
 docker tag "$ref" chain-test:latest
+# Older builds go (one in use by a container stays; rmi refuses it).
+for old in $(docker images chain-test --format '{{.Tag}}'); do
+    [[ $old == "$hash" || $old == latest ]] || docker rmi "chain-test:$old" >/dev/null 2>&1 || true
+done
 echo "$ref"
