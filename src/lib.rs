@@ -9,6 +9,7 @@
 //! - [`daemon`]: wiring and shutdown order; `Daemon::run` is the entry point.
 //! - [`metrics`]: metric names, the registry, and the `/metrics` exporter (admin listener).
 //! - [`cli`]: chainctl's commands and output.
+//! - [`import`]: `chainctl import`: docker compose and PM2 files to unit files (pure converters).
 //! - [`watch`]: debounced file watching (units directory, `[watch]`).
 //! - [`paths`]: default locations shared by chaind and chainctl.
 //!
@@ -18,6 +19,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod import;
 pub mod metrics;
 pub mod paths;
 pub mod proxy;

@@ -6,7 +6,7 @@
 mod table;
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
@@ -164,10 +164,45 @@ pub enum Cmd {
         #[arg(long)]
         all: bool,
     },
+    /// Convert a docker compose file (one container unit per service) or a PM2 ecosystem file
+    /// (one process unit per app) into unit files, and list what could not be translated.
+    /// Needs no daemon; exits non-zero when no unit could be converted.
+    Import {
+        /// What FILE is.
+        #[arg(value_enum)]
+        format: ImportFormat,
+        /// The file: docker-compose.yml (with `${VAR}` from the environment and the .env beside
+        /// it), or ecosystem.config.js (evaluated with node), .json or .yml.
+        file: PathBuf,
+        /// Directory the unit files are written to (created when missing).
+        #[arg(long, value_name = "DIR", default_value = "units")]
+        out: PathBuf,
+        /// Replace existing unit files; without it nothing is written when one exists.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// The input formats of `chainctl import`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImportFormat {
+    /// A docker compose file.
+    Compose,
+    /// A PM2 ecosystem file.
+    Pm2,
 }
 
 /// Runs the command; returns the process exit code.
 pub async fn run(args: Args) -> i32 {
+    if let Cmd::Import {
+        format,
+        file,
+        out,
+        force,
+    } = &args.cmd
+    {
+        return import(*format, file, out, *force, args.json);
+    }
     let client = Client::new(crate::paths::socket(args.socket.clone()));
     match dispatch(&client, &args).await {
         Ok(code) => code,
@@ -457,6 +492,12 @@ async fn dispatch(c: &Client, args: &Args) -> Result<i32, Error> {
             let failed = r.containers.iter().any(|x| x.action.starts_with("failed"));
             Ok(i32::from(failed))
         }
+        Cmd::Import {
+            format,
+            file,
+            out,
+            force,
+        } => Ok(import(*format, file, out, *force, json)),
         Cmd::Version => {
             let v: VersionInfo = c.get("/v1/version").await?;
             if json {
@@ -481,6 +522,68 @@ async fn dispatch(c: &Client, args: &Args) -> Result<i32, Error> {
             Ok(0)
         }
     }
+}
+
+/// `chainctl import`: convert, write, print what was written and every note.
+fn import(format: ImportFormat, file: &Path, out: &Path, force: bool, json: bool) -> i32 {
+    let fail = |message: String| {
+        if json {
+            let body = ErrorBody {
+                error: ApiError {
+                    code: ErrorCode::Internal,
+                    message,
+                },
+            };
+            println!("{}", serde_json::to_string(&body).unwrap_or_default());
+        } else {
+            eprintln!("chainctl: {message}");
+        }
+        1
+    };
+    let converted = match format {
+        ImportFormat::Compose => crate::import::compose_file(file, out),
+        ImportFormat::Pm2 => crate::import::pm2_file(file, out),
+    };
+    let import = match converted {
+        Ok(import) => import,
+        Err(e) => return fail(e.to_string()),
+    };
+    let written = if import.units.is_empty() {
+        Vec::new()
+    } else {
+        match crate::import::write(&import, out, force) {
+            Ok(paths) => paths,
+            Err(e) => return fail(e.to_string()),
+        }
+    };
+    if json {
+        let notes: Vec<serde_json::Value> = import
+            .notes
+            .iter()
+            .map(|n| serde_json::json!({ "source": n.source, "key": n.key, "message": n.message }))
+            .collect();
+        print_json(&serde_json::json!({
+            "written": written.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+            "units": import.units.iter().map(|(name, _)| name).collect::<Vec<_>>(),
+            "notes": notes,
+        }));
+    } else {
+        // Write errors (a closed pipe) are ignored: the files are written either way.
+        let mut out = std::io::stdout().lock();
+        for p in &written {
+            let _ = writeln!(out, "wrote {}", p.display());
+        }
+        for n in &import.notes {
+            let _ = writeln!(out, "note: {n}");
+        }
+    }
+    if import.units.is_empty() {
+        if !json {
+            eprintln!("chainctl: nothing in {} could be converted", file.display());
+        }
+        return 1;
+    }
+    0
 }
 
 async fn action(
@@ -629,14 +732,18 @@ fn print_apply(r: &ApplyResult) {
 }
 
 fn print_instances(rows: &[InstanceInfo], with_unit: bool) {
-    let mut t = Table::new(&[
+    // The CONTAINER column appears when a container unit is listed.
+    let containers = rows.iter().any(|r| r.container.is_some());
+    let mut head = vec![
         "UNIT", "INST", "STATE", "PID", "PORT", "UPTIME", "RESTARTS", "CPU", "MEM", "REV",
-    ]);
-    if !with_unit {
-        t = Table::new(&[
-            "INST", "STATE", "PID", "PORT", "UPTIME", "RESTARTS", "CPU", "MEM", "REV",
-        ]);
+    ];
+    if containers {
+        head.insert(4, "CONTAINER");
     }
+    if !with_unit {
+        head.remove(0);
+    }
+    let mut t = Table::new(&head);
     for r in rows {
         let state = match &r.detail {
             Some(d) => format!("{} ({d})", r.state),
@@ -657,6 +764,9 @@ fn print_instances(rows: &[InstanceInfo], with_unit: bool) {
             r.rss_bytes.map(human_size).unwrap_or_else(|| "-".into()),
             r.revision.clone(),
         ];
+        if containers {
+            row.insert(3, r.container.clone().unwrap_or_else(|| "-".into()));
+        }
         if with_unit {
             row.insert(0, r.unit.clone());
         }
