@@ -492,7 +492,9 @@ impl Registry {
             if std::env::var("CI").as_deref() == Ok("true") {
                 panic!("CI=true but docker-registry is not installed (apt-get install docker-registry)");
             }
-            eprintln!("SKIP: the pull test needs docker-registry (apt-get install docker-registry)");
+            eprintln!(
+                "SKIP: the pull test needs docker-registry (apt-get install docker-registry)"
+            );
             return None;
         };
         let dir = tempfile::tempdir().unwrap();
@@ -565,8 +567,12 @@ fn missing_image_is_pulled_with_progress() {
         .map(|e| e.message)
         .collect();
     assert!(
-        pulls.first().is_some_and(|m| m == &format!("pulling image {remote}"))
-            && pulls.last().is_some_and(|m| m == &format!("pulled image {remote}")),
+        pulls
+            .first()
+            .is_some_and(|m| m == &format!("pulling image {remote}"))
+            && pulls
+                .last()
+                .is_some_and(|m| m == &format!("pulled image {remote}")),
         "{pulls:?}"
     );
     drop(d);
