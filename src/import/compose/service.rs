@@ -81,7 +81,7 @@ pub(super) struct Service<'n> {
 /// What the port keys said, gathered before `port` and `container.port` are written.
 #[derive(Default)]
 struct Ports {
-    container: Option<(u16, String)>,
+    container: Option<u16>,
     host: Option<Value>,
     bind: Option<String>,
 }
@@ -147,8 +147,8 @@ impl Service<'_> {
                 _ => {}
             }
         }
-        match ports.container.clone() {
-            Some((p, _)) => {
+        match ports.container {
+            Some(p) => {
                 self.doc.set("container", "port", Value::Int(p.into()));
                 if let Some(host) = ports.host.clone() {
                     self.doc.set("", "port", host);
@@ -329,7 +329,7 @@ impl Service<'_> {
                 );
                 continue;
             }
-            ports.container = Some((p.container.0, key.clone()));
+            ports.container = Some(p.container.0);
             match p.host {
                 Some((h, e)) if h != 0 && h == e => {
                     ports.host = Some(Value::Int(h.into()));
@@ -376,9 +376,9 @@ impl Service<'_> {
                 .next()
                 .and_then(|p| p.trim().parse::<u16>().ok())
                 .filter(|p| *p > 0);
-            match (port, &ports.container) {
-                (Some(p), None) => ports.container = Some((p, key)),
-                (Some(p), Some((c, _))) if p == *c => {}
+            match (port, ports.container) {
+                (Some(p), None) => ports.container = Some(p),
+                (Some(p), Some(c)) if p == c => {}
                 _ => self.note(
                     &key,
                     format!("{text:?} not translated: a unit has one port"),
@@ -437,15 +437,15 @@ impl Service<'_> {
                 },
             };
             if name == "PORT" {
-                match (value.trim().parse::<u16>(), &ports.container) {
+                match (value.trim().parse::<u16>(), ports.container) {
                     (Ok(p), None) if p > 0 => {
-                        ports.container = Some((p, key.clone()));
+                        ports.container = Some(p);
                         self.note(
                             &key,
                             format!("chain sets PORT itself: it is container.port = {p}"),
                         );
                     }
-                    (Ok(p), Some((c, _))) if p == *c => {
+                    (Ok(p), Some(c)) if p == c => {
                         self.note(
                             &key,
                             format!("chain sets PORT itself, to container.port ({c})"),
@@ -455,8 +455,8 @@ impl Service<'_> {
                         &key,
                         format!(
                             "PORT={value:?} is left out: chain sets PORT to container.port{}",
-                            match &ports.container {
-                                Some((c, _)) => format!(" ({c})"),
+                            match ports.container {
+                                Some(c) => format!(" ({c})"),
                                 None => String::new(),
                             }
                         ),
@@ -513,9 +513,9 @@ impl Service<'_> {
             Some((port, path)) => {
                 out.push(("type".into(), "http".into()));
                 out.push(("path".into(), path.into()));
-                match &ports.container {
-                    None => ports.container = Some((port, "healthcheck.test".into())),
-                    Some((c, _)) if *c != port => self.note(
+                match ports.container {
+                    None => ports.container = Some(port),
+                    Some(c) if c != port => self.note(
                         "healthcheck.test",
                         format!("the test connects to port {port}; chain's http check connects to container.port ({c})"),
                     ),
