@@ -12,7 +12,9 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 /// Always ignored below watched paths: VCS metadata and dependency trees churn constantly.
-const ALWAYS_IGNORED: [&str; 2] = ["**/.git/**", "**/node_modules/**"];
+/// Matched as path components, not globs, so that a watch without ignore patterns (the units
+/// directory's) never compiles a glob set.
+const ALWAYS_IGNORED: [&str; 2] = [".git", "node_modules"];
 
 #[derive(Debug, Clone)]
 pub struct WatchOptions {
@@ -86,19 +88,26 @@ impl DirWatch {
     }
 }
 
-fn build_ignore(patterns: &[String]) -> Result<GlobSet, String> {
+/// The user's ignore globs as one set; `None` when there are none.
+fn build_ignore(patterns: &[String]) -> Result<Option<GlobSet>, String> {
+    if patterns.is_empty() {
+        return Ok(None);
+    }
     let mut b = GlobSetBuilder::new();
-    for p in ALWAYS_IGNORED
-        .iter()
-        .copied()
-        .chain(patterns.iter().map(String::as_str))
-    {
+    for p in patterns {
         b.add(Glob::new(p).map_err(|e| format!("ignore pattern {p:?}: {e}"))?);
     }
-    b.build().map_err(|e| e.to_string())
+    b.build().map(Some).map_err(|e| e.to_string())
 }
 
-fn is_ignored(set: &GlobSet, roots: &[PathBuf], path: &Path) -> bool {
+fn is_ignored(set: &Option<GlobSet>, roots: &[PathBuf], path: &Path) -> bool {
+    if path
+        .components()
+        .any(|c| ALWAYS_IGNORED.iter().any(|i| c.as_os_str() == *i))
+    {
+        return true;
+    }
+    let Some(set) = set else { return false };
     if path.file_name().is_some_and(|n| set.is_match(n)) || set.is_match(path) {
         return true;
     }
@@ -126,6 +135,12 @@ mod tests {
         ));
         assert!(!is_ignored(&set, &roots, Path::new("/app/src/main.js")));
         assert!(build_ignore(&["[".into()]).is_err());
+        // Without patterns: no glob set, and the built-in ignores still apply.
+        let none = build_ignore(&[]).unwrap();
+        assert!(none.is_none());
+        assert!(is_ignored(&none, &roots, Path::new("/app/.git/index")));
+        assert!(is_ignored(&none, &roots, Path::new("/app/node_modules/x.js")));
+        assert!(!is_ignored(&none, &roots, Path::new("/app/src/.gitignore")));
     }
 
     /// A burst of writes fires once, after the debounce.

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use chain::daemon::{Config, Daemon};
 use clap::Parser;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 /// Supervises processes from TOML unit files; controlled by chainctl over a Unix socket.
 #[derive(Parser, Debug)]
@@ -43,7 +45,8 @@ struct Args {
     /// On SIGTERM, leave workloads running for the next chaind to re-adopt.
     #[arg(long)]
     leave_running: bool,
-    /// Log filter (tracing EnvFilter syntax), e.g. `info`, `chain=debug`.
+    /// Log filter: a level, or comma-separated `target=level` pairs, e.g. `info`,
+    /// `info,chain::proxy=debug`.
     #[arg(long, env = "CHAIN_LOG", default_value = "info")]
     log: String,
 }
@@ -62,10 +65,14 @@ fn parse_range(s: &str) -> Result<(u16, u16), String> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // `Targets` rather than `EnvFilter`: the same `target=level` syntax without the regex engine
+    // that EnvFilter compiles at start-up (its code is most of what an idle chaind has resident).
+    let filter: tracing_subscriber::filter::Targets = args.log.parse().context("--log")?;
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("--log")?)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .finish()
+        .with(filter)
         .init();
     let root_given = args.root.is_some();
     let root = args.root.unwrap_or_else(chain::paths::default_root);
