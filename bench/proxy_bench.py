@@ -30,6 +30,7 @@ Environment:
                          runs: perf stat (syscalls, context switches per request) and perf
                          record (self time by category and symbol); BENCH_PERF=dwarf also
                          records call graphs (keep them with BENCH_KEEP=1 for perf report)
+  BENCH_PERF_ROW=https   the row whose load is profiled (https, http, newconn, h2)
   BENCH_MAX_FOREIGN=0.25 CPU (in cores) used by processes other than ours during a run above
                          which the run is repeated once the machine has been quiet for 3 s
   BENCH_ATTEMPTS=4       runs tried per sample at most; the one with the least foreign load
@@ -61,6 +62,7 @@ ROWS = [x for x in os.environ.get("BENCH_ROWS", "https,http,newconn,h2").split("
 PROXIES = [x for x in os.environ.get("BENCH_PROXIES", "chain,nginx,haproxy").split(",") if x]
 PERF = os.environ.get("BENCH_PERF", "") not in ("", "0")
 PERF_DWARF = os.environ.get("BENCH_PERF", "") == "dwarf"
+PERF_ROW = os.environ.get("BENCH_PERF_ROW", "https")
 MAX_FOREIGN = float(os.environ.get("BENCH_MAX_FOREIGN", "0.25"))
 ATTEMPTS = int(os.environ.get("BENCH_ATTEMPTS", "4"))
 QUIET_WAIT = int(os.environ.get("BENCH_QUIET_WAIT", "300"))
@@ -878,7 +880,7 @@ http {{
                  "--", "sleep", str(secs + 1)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.run, env=self.tool_env())
             time.sleep(0.5)
-            r, _ = self.loadgen("https", p.https_port, secs)
+            r, _ = self.loadgen(PERF_ROW, self.target_port(name, PERF_ROW), secs)
             st.wait(60)
             counts = {}
             for line in open(stat_out, errors="replace"):
@@ -896,7 +898,7 @@ http {{
                 + ["--", "sleep", str(secs)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.run, env=self.tool_env())
             time.sleep(0.3)
-            r, _ = self.loadgen("https", p.https_port, secs)
+            r, _ = self.loadgen(PERF_ROW, self.target_port(name, PERF_ROW), secs)
             rec.wait(60)
             rep = subprocess.run(
                 ["perf", "report", "-i", data, "--no-children", "--sort", "dso,sym", "--stdio",

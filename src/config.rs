@@ -65,7 +65,7 @@ pub mod defaults {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub port_range: (u16, u16),
-    /// Tokio worker threads (None: one per CPU, at most 2 — chaind is not the workload).
+    /// Proxy worker threads (None: one per CPU, at most 2 — chaind is not the workload).
     pub worker_threads: Option<usize>,
     pub proxy: ProxyConfig,
     pub certificates: Vec<CertificateConfig>,
@@ -151,6 +151,17 @@ pub struct AdminConfig {
 pub struct CertificateConfig {
     pub cert: PathBuf,
     pub key: PathBuf,
+}
+
+impl Config {
+    /// How many proxy workers to run: `worker_threads`, else one per CPU, at most 2.
+    pub fn proxy_workers(&self) -> usize {
+        self.worker_threads.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get().min(2))
+                .unwrap_or(1)
+        })
+    }
 }
 
 impl Default for Config {

@@ -102,11 +102,6 @@ fn main() -> anyhow::Result<()> {
     if args.https.is_some() {
         settings.proxy.https = args.https;
     }
-    let threads = settings.worker_threads.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get().min(2))
-            .unwrap_or(1)
-    });
     let cfg = Config {
         root,
         units_dir,
@@ -114,8 +109,10 @@ fn main() -> anyhow::Result<()> {
         leave_running: args.leave_running,
         settings,
     };
+    // The control plane (supervision, API, logs) needs little CPU: one runtime thread. The
+    // proxy runs its own worker threads (`worker_threads` in chaind.toml).
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
+        .worker_threads(1)
         .max_blocking_threads(8)
         .enable_all()
         .build()

@@ -134,6 +134,7 @@ impl Daemon {
                 pcfg,
                 crate::proxy::observe::Observer::new(pcfg, metrics.clone())
                     .context("opening the access log")?,
+                cfg.settings.proxy_workers(),
                 proxy_stop.clone(),
             )
             .context("starting the proxy")?;

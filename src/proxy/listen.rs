@@ -2,6 +2,11 @@
 //! with a deadline, and HTTP/1.1 + HTTP/2 serving (ALPN on TLS, prior knowledge on plain).
 //!
 //! The listening sockets themselves are created by `daemon` (one place), and handed in here.
+//! They are served by [`spawn_workers`]: a fixed number of threads, each running its own
+//! single-threaded runtime with an accept loop on every listener, as nginx runs worker
+//! processes. A connection lives on the worker that accepted it, together with the upstream
+//! connections it uses (each worker has its own upstream pools), so that a request never
+//! crosses threads; the control plane runs on chaind's main runtime and cannot delay requests.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -14,6 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::forward::{self, Conn};
 use super::Shared;
@@ -66,14 +72,94 @@ impl Drop for ConnSlot {
     }
 }
 
+/// One listening socket as the workers share it, and its TLS configuration (None: plain HTTP).
+pub struct Listener {
+    pub socket: std::net::TcpListener,
+    pub tls: Option<TlsAcceptor>,
+}
+
+/// Starts `workers` proxy threads serving every listener until `stop` (see the module docs).
+/// Each returned task ends when its worker has stopped and its connections have finished.
+pub fn spawn_workers(
+    workers: usize,
+    listeners: &[Listener],
+    shared: &Arc<Shared>,
+    cfg: &ProxyConfig,
+    limiter: &Arc<ConnLimiter>,
+    stop: &CancellationToken,
+) -> std::io::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let mut done = Vec::new();
+    for n in 0..workers.max(1) {
+        // Every worker polls its own copy of each socket; the kernel hands a new connection to
+        // whichever accepts first.
+        let mine = listeners
+            .iter()
+            .map(|l| {
+                Ok(Listener {
+                    socket: l.socket.try_clone()?,
+                    tls: l.tls.clone(),
+                })
+            })
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (shared, cfg, limiter, stop) =
+            (shared.clone(), cfg.clone(), limiter.clone(), stop.clone());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name(format!("chain-proxy-{n}"))
+            .spawn(move || {
+                rt.block_on(worker(mine, shared, cfg, limiter, stop));
+                drop(tx);
+            })?;
+        done.push(tokio::spawn(async move {
+            let _ = rx.await;
+        }));
+    }
+    Ok(done)
+}
+
+/// One worker: an accept loop per listener; after `stop`, waits for its connections.
+async fn worker(
+    listeners: Vec<Listener>,
+    shared: Arc<Shared>,
+    cfg: ProxyConfig,
+    limiter: Arc<ConnLimiter>,
+    stop: CancellationToken,
+) {
+    let connections = TaskTracker::new();
+    let mut loops = Vec::new();
+    for l in listeners {
+        match TcpListener::from_std(l.socket) {
+            Ok(socket) => loops.push(tokio::spawn(serve(
+                socket,
+                shared.clone(),
+                l.tls,
+                cfg.clone(),
+                limiter.clone(),
+                connections.clone(),
+                stop.clone(),
+            ))),
+            Err(e) => tracing::error!(error = %e, "proxy worker cannot poll its listener"),
+        }
+    }
+    for l in loops {
+        let _ = l.await;
+    }
+    connections.close();
+    connections.wait().await;
+}
+
 /// Serves one listener until `stop`; then open connections get a graceful shutdown and up to
 /// 10 s to finish.
-pub async fn serve(
+async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
     tls: Option<TlsAcceptor>,
     cfg: ProxyConfig,
     limiter: Arc<ConnLimiter>,
+    connections: TaskTracker,
     stop: CancellationToken,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -112,7 +198,7 @@ pub async fn serve(
         let (shared, tls, stop, builder) =
             (shared.clone(), tls.clone(), stop.clone(), builder.clone());
         let handshake_timeout = cfg.handshake_timeout;
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let _slot = slot;
             match tls {
                 Some(acceptor) => {

@@ -13,6 +13,7 @@ pub mod access_log;
 pub mod acme;
 mod compress;
 mod forward;
+mod pool;
 pub mod limit;
 pub mod listen;
 pub mod observe;
@@ -27,26 +28,18 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ProxyConfig;
 use crate::reconcile::snapshot::Snapshot;
-use forward::ProxyBody;
 pub use table::RouteTable;
 use table::{HostPattern, Route, Upstream};
-
-type HttpClient = Client<HttpConnector, ProxyBody>;
 
 /// State shared by the listener's connections, the table builder and drains.
 pub struct Shared {
     table: ArcSwap<RouteTable>,
-    /// One pooled client per distinct connect timeout (routes may differ).
-    clients: ArcSwap<HashMap<Duration, HttpClient>>,
     /// Every upstream any table has used and that may still be in use. Only the builder and
     /// drains touch it, never the request path.
     registry: Mutex<HashMap<(String, u64), Arc<Upstream>>>,
@@ -61,26 +54,13 @@ pub struct Shared {
     observe: observe::Observer,
 }
 
-impl Shared {
-    fn client(&self, connect_timeout: Duration) -> HttpClient {
-        if let Some(c) = self.clients.load().get(&connect_timeout) {
-            return c.clone();
-        }
-        new_client(connect_timeout)
-    }
-}
-
-fn new_client(connect_timeout: Duration) -> HttpClient {
-    let mut http = HttpConnector::new();
-    http.set_connect_timeout(Some(connect_timeout));
-    http.set_nodelay(true);
-    http.enforce_http(true);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(256)
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        .build(http)
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("starting proxy workers: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 /// Handle to the proxy: drains, and the addresses it listens on.
@@ -101,20 +81,20 @@ pub enum DrainOutcome {
 
 impl Proxy {
     /// Starts the table builder on `snapshots` and serves the given listeners (created by the
-    /// daemon) until `stop`. With `https`, `certs` must be given.
+    /// daemon) on `workers` threads until `stop`.
     pub fn start(
         snapshots: watch::Receiver<Arc<Snapshot>>,
         http: Option<TcpListener>,
         https: Option<(TcpListener, Arc<tls::CertStore>)>,
         cfg: &ProxyConfig,
         observer: observe::Observer,
+        workers: usize,
         stop: CancellationToken,
-    ) -> Result<(Proxy, Vec<tokio::task::JoinHandle<()>>), rustls::Error> {
+    ) -> Result<(Proxy, Vec<tokio::task::JoinHandle<()>>), StartError> {
         let http_addr = http.as_ref().and_then(|l| l.local_addr().ok());
         let https_addr = https.as_ref().and_then(|(l, _)| l.local_addr().ok());
         let shared = Arc::new(Shared {
             table: ArcSwap::from_pointee(RouteTable::default()),
-            clients: ArcSwap::from_pointee(HashMap::new()),
             registry: Mutex::new(HashMap::new()),
             certs: https.as_ref().map(|(_, c)| c.clone()),
             https_port: https_addr.map(|a| a.port()),
@@ -122,29 +102,24 @@ impl Proxy {
             observe: observer,
         });
         let mut tasks = vec![tokio::spawn(build_tables(shared.clone(), snapshots))];
-        // One limiter for both listeners: the limit is per client, whatever the scheme.
-        let limiter = listen::ConnLimiter::new(cfg.max_connections_per_ip);
+        let mut listeners = Vec::new();
         if let Some(l) = http {
-            tasks.push(tokio::spawn(listen::serve(
-                l,
-                shared.clone(),
-                None,
-                cfg.clone(),
-                limiter.clone(),
-                stop.clone(),
-            )));
+            listeners.push(listen::Listener {
+                socket: l.into_std()?,
+                tls: None,
+            });
         }
         if let Some((l, certs)) = https {
-            let acceptor = listen::tls_acceptor(&certs)?;
-            tasks.push(tokio::spawn(listen::serve(
-                l,
-                shared.clone(),
-                Some(acceptor),
-                cfg.clone(),
-                limiter,
-                stop,
-            )));
+            listeners.push(listen::Listener {
+                socket: l.into_std()?,
+                tls: Some(listen::tls_acceptor(&certs)?),
+            });
         }
+        // One limiter for both listeners and every worker: the limit is per client.
+        let limiter = listen::ConnLimiter::new(cfg.max_connections_per_ip);
+        tasks.extend(listen::spawn_workers(
+            workers, &listeners, &shared, cfg, &limiter, &stop,
+        )?);
         Ok((
             Proxy {
                 shared,
@@ -242,21 +217,6 @@ async fn build_tables(shared: Arc<Shared>, mut snapshots: watch::Receiver<Arc<Sn
             registry.retain(|_, up| Arc::strong_count(up) > 1);
             table
         };
-        let mut timeouts: Vec<Duration> = table
-            .routes
-            .iter()
-            .map(|r| r.spec.connect_timeout)
-            .collect();
-        timeouts.sort();
-        timeouts.dedup();
-        let clients = shared.clients.load();
-        if timeouts.iter().any(|t| !clients.contains_key(t)) {
-            let mut next = (**clients).clone();
-            for t in timeouts {
-                next.entry(t).or_insert_with(|| new_client(t));
-            }
-            shared.clients.store(Arc::new(next));
-        }
         shared.table.store(Arc::new(table));
         if snapshots.changed().await.is_err() {
             return;

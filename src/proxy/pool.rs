@@ -1,0 +1,155 @@
+//! Upstream connections: each proxy worker keeps its own pool of idle HTTP/1.1 connections to
+//! instances, keyed by address.
+//!
+//! A worker is one thread with its own runtime (see `listen`), so the pool is a thread-local
+//! map with no lock, and a pooled connection is always driven by the runtime that uses it.
+//! A request first tries idle connections, most recently used first; a connection the
+//! instance closed meanwhile hands the request back unsent, and the next one is tried. Only
+//! then is a new connection opened. A request that could not be sent at all (no connection
+//! could be made) comes back to the caller with [`SendError::Connect`], so that it can be sent
+//! to another instance without having been copied.
+//!
+//! The caller gives a connection back with [`release`] once the response body has been read
+//! to its end; a connection whose response was not read to the end is dropped, and hyper
+//! closes it.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use super::forward::ProxyBody;
+
+/// Idle connections kept per instance and worker (nginx's `keepalive` per worker).
+const MAX_IDLE_PER_UPSTREAM: usize = 256;
+/// An idle connection unused for this long is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Every this many releases, addresses whose connections are all closed are forgotten
+/// (instances that went away).
+const PRUNE_EVERY: u32 = 4096;
+
+/// The sending half of one upstream connection.
+pub type Sender = http1::SendRequest<ProxyBody>;
+
+#[derive(Default)]
+struct Pool {
+    idle: HashMap<SocketAddr, Vec<(Sender, Instant)>>,
+    releases: u32,
+}
+
+thread_local! {
+    static POOL: RefCell<Pool> = RefCell::new(Pool::default());
+}
+
+/// Why a request got no response.
+#[derive(Debug)]
+pub enum SendError {
+    /// No connection could be made: the request was not sent, and is given back.
+    Connect(std::io::Error, Box<Request<ProxyBody>>),
+    /// The request was handed to a connection and failed there.
+    Request(hyper::Error),
+}
+
+/// Sends `req` (origin-form URI, with a Host header) to the instance at `addr`. Returns the
+/// response head and the connection, which goes back to the pool through [`release`].
+pub async fn send(
+    addr: SocketAddr,
+    mut req: Request<ProxyBody>,
+    connect_timeout: Duration,
+) -> Result<(Response<Incoming>, Sender), SendError> {
+    while let Some(mut sender) = take_idle(addr) {
+        if sender.ready().await.is_err() {
+            continue;
+        }
+        match sender.try_send_request(req).await {
+            Ok(resp) => return Ok((resp, sender)),
+            Err(mut e) => match e.take_message() {
+                // The connection closed before the request went out: try the next one.
+                Some(unsent) => req = unsent,
+                None => return Err(SendError::Request(e.into_error())),
+            },
+        }
+    }
+    let mut sender = match connect(addr, connect_timeout).await {
+        Ok(s) => s,
+        Err(e) => return Err(SendError::Connect(e, Box::new(req))),
+    };
+    match sender.try_send_request(req).await {
+        Ok(resp) => Ok((resp, sender)),
+        Err(mut e) => match e.take_message() {
+            Some(unsent) => Err(SendError::Connect(
+                std::io::Error::new(
+                    std::io::ErrorKind::ConnectionAborted,
+                    "the new connection closed before the request was sent",
+                ),
+                Box::new(unsent),
+            )),
+            None => Err(SendError::Request(e.into_error())),
+        },
+    }
+}
+
+/// Gives a connection whose response was read to its end back to this worker's pool.
+pub fn release(addr: SocketAddr, sender: Sender) {
+    if sender.is_closed() {
+        return;
+    }
+    let now = Instant::now();
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        p.releases = p.releases.wrapping_add(1);
+        if p.releases % PRUNE_EVERY == 0 {
+            p.idle.retain(|_, conns| {
+                conns.retain(|(s, at)| !s.is_closed() && now.duration_since(*at) < IDLE_TIMEOUT);
+                !conns.is_empty()
+            });
+        }
+        let conns = p.idle.entry(addr).or_default();
+        if conns.len() < MAX_IDLE_PER_UPSTREAM {
+            conns.push((sender, now));
+        }
+    });
+}
+
+/// The most recently released connection to `addr` that is still open and not too old.
+fn take_idle(addr: SocketAddr) -> Option<Sender> {
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        let conns = p.idle.get_mut(&addr)?;
+        while let Some((s, at)) = conns.pop() {
+            if !s.is_closed() && at.elapsed() < IDLE_TIMEOUT {
+                return Some(s);
+            }
+        }
+        None
+    })
+}
+
+async fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<Sender> {
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(r) => r?,
+        Err(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("connect to {addr} timed out"),
+            ))
+        }
+    };
+    stream.set_nodelay(true)?;
+    let (sender, conn) = http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(std::io::Error::other)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(%addr, error = %e, "upstream connection ended");
+        }
+    });
+    Ok(sender)
+}
