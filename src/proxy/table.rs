@@ -61,7 +61,9 @@ impl Upstream {
     }
 
     pub fn is_down(&self) -> bool {
-        self.down_until.load(Ordering::Relaxed) > self.now_ms()
+        // No clock read for an upstream that never failed (the request path asks every time).
+        let until = self.down_until.load(Ordering::Relaxed);
+        until != 0 && until > self.now_ms()
     }
 
     /// Records a failed attempt; after `max_fails` within `fail_timeout` the upstream is
@@ -196,45 +198,40 @@ impl Route {
         exclude: Option<&Arc<Upstream>>,
         client: Client<'_>,
     ) -> Option<Arc<Upstream>> {
-        let usable = |u: &&Arc<Upstream>| exclude.is_none_or(|x| !Arc::ptr_eq(x, u));
-        let mut candidates: Vec<&Arc<Upstream>> = self
-            .upstreams
-            .iter()
-            .filter(usable)
-            .filter(|u| !u.is_down())
-            .collect();
-        if candidates.is_empty() {
-            candidates = self.upstreams.iter().filter(usable).collect();
-        }
-        if candidates.is_empty() {
+        // No allocation on this path: the candidates are filtered in place, as often as
+        // needed (a route has a handful of instances).
+        let usable = |u: &Arc<Upstream>| exclude.is_none_or(|x| !Arc::ptr_eq(x, u));
+        let any_up = self.upstreams.iter().any(|u| usable(u) && !u.is_down());
+        let candidate = |u: &&Arc<Upstream>| usable(u) && (!any_up || !u.is_down());
+        let candidates = || self.upstreams.iter().filter(candidate);
+        let n = candidates().count();
+        if n == 0 {
             return None;
         }
         if self.spec.policy == BalancePolicy::Cookie {
             let wanted = client.cookie.and_then(|c| u64::from_str_radix(c, 16).ok());
-            if let Some(u) = wanted.and_then(|id| candidates.iter().find(|u| u.id == id)) {
-                return Some((*u).clone());
+            if let Some(u) = wanted.and_then(|id| candidates().find(|u| u.id == id)) {
+                return Some(u.clone());
             }
         }
         if let (BalancePolicy::IpHash, Some(ip)) = (self.spec.policy, client.ip) {
-            let chosen = candidates
-                .iter()
+            let chosen = candidates()
                 .max_by_key(|u| stable_hash(&(ip, u.id)))
                 .expect("candidates is not empty");
-            return Some((*chosen).clone());
+            return Some(chosen.clone());
         }
-        let turn = self.cursor.fetch_add(1, Ordering::Relaxed);
+        let turn = self.cursor.fetch_add(1, Ordering::Relaxed) % n;
         let chosen = match self.spec.policy {
             BalancePolicy::RoundRobin | BalancePolicy::IpHash | BalancePolicy::Cookie => {
-                candidates[turn % candidates.len()]
+                candidates().nth(turn).expect("turn < n")
             }
-            BalancePolicy::LeastConn => {
-                let n = candidates.len();
-                // Start the scan at the cursor so ties rotate instead of piling on the first.
-                (0..n)
-                    .map(|i| candidates[(turn + i) % n])
-                    .min_by_key(|u| u.inflight.load(Ordering::Relaxed))
-                    .expect("candidates is not empty")
-            }
+            // Ties go to the first candidate at or after the cursor, so that they rotate
+            // instead of piling on the first.
+            BalancePolicy::LeastConn => candidates()
+                .enumerate()
+                .min_by_key(|(i, u)| (u.inflight.load(Ordering::Relaxed), (i + n - turn) % n))
+                .map(|(_, u)| u)
+                .expect("candidates is not empty"),
         };
         Some(chosen.clone())
     }
