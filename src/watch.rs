@@ -139,7 +139,11 @@ mod tests {
         let none = build_ignore(&[]).unwrap();
         assert!(none.is_none());
         assert!(is_ignored(&none, &roots, Path::new("/app/.git/index")));
-        assert!(is_ignored(&none, &roots, Path::new("/app/node_modules/x.js")));
+        assert!(is_ignored(
+            &none,
+            &roots,
+            Path::new("/app/node_modules/x.js")
+        ));
         assert!(!is_ignored(&none, &roots, Path::new("/app/src/.gitignore")));
     }
 

@@ -177,7 +177,13 @@ async fn forward(
                 // of the route as the current table has it (once).
                 let path = retry_path.as_ref().map_or("/", |u| u.path());
                 let next = (attempt == 0)
-                    .then(|| shared.table.load().find(&host, path).and_then(|r| r.pick(Some(&up))))
+                    .then(|| {
+                        shared
+                            .table
+                            .load()
+                            .find(&host, path)
+                            .and_then(|r| r.pick(Some(&up)))
+                    })
                     .flatten();
                 let Some(next) = next else {
                     return Err(StatusCode::BAD_GATEWAY);
@@ -419,14 +425,7 @@ fn rewrite_path(uri: &Uri, prefix: &str) -> String {
 }
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    *name == header::CONNECTION
-        || *name == header::TE
-        || *name == header::TRAILER
-        || *name == header::TRANSFER_ENCODING
-        || *name == header::UPGRADE
-        || *name == header::PROXY_AUTHENTICATE
-        || *name == header::PROXY_AUTHORIZATION
-        || HOP_BY_HOP.contains(&name.as_str())
+    *name == header::UPGRADE || HOP_BY_HOP.contains(&name.as_str())
 }
 
 fn strip_hop_by_hop(h: &mut HeaderMap) {
@@ -549,7 +548,10 @@ mod tests {
         let uri: Uri = "/api/users?id=1".parse().unwrap();
         assert_eq!(upstream_uri(&uri, "/api", true).unwrap(), "/users?id=1");
         assert_eq!(upstream_uri(&uri, "/api/", true).unwrap(), "/users?id=1");
-        assert_eq!(upstream_uri(&uri, "/api", false).unwrap(), "/api/users?id=1");
+        assert_eq!(
+            upstream_uri(&uri, "/api", false).unwrap(),
+            "/api/users?id=1"
+        );
         let exact: Uri = "/api".parse().unwrap();
         assert_eq!(upstream_uri(&exact, "/api", true).unwrap(), "/");
         let absolute: Uri = "http://example.com/a?b=c".parse().unwrap();
