@@ -39,7 +39,9 @@ pub enum Phase {
     /// Stopping in order to start again (user restart, failed checks, memory): still holds
     /// its slot.
     Restarting,
-    /// Stopping (or draining) for good.
+    /// Leaving for good, and still in the proxy's tables or serving requests until drained.
+    Draining,
+    /// Stopping for good (drained, or never routed).
     Stopping,
     Exited {
         success: bool,
@@ -49,7 +51,10 @@ pub enum Phase {
 
 impl Phase {
     fn is_live(self) -> bool {
-        !matches!(self, Phase::Stopping | Phase::Exited { .. } | Phase::Failed)
+        !matches!(
+            self,
+            Phase::Draining | Phase::Stopping | Phase::Exited { .. } | Phase::Failed
+        )
     }
 
     fn is_terminal(self) -> bool {
@@ -269,7 +274,8 @@ impl<'a> Slots<'a> {
     }
 
     fn stopping(&self, index: u32) -> bool {
-        self.at(index).any(|i| i.phase == Phase::Stopping)
+        self.at(index)
+            .any(|i| matches!(i.phase, Phase::Draining | Phase::Stopping))
     }
 }
 
@@ -328,7 +334,7 @@ fn plan_unit(
             Some(AbortCause::Failed { index, generation })
         } else if t.verify == Verify::Failed {
             Some(AbortCause::Verify)
-        } else if now >= t.started + t.healthy_deadline && !complete(&s, t) {
+        } else if now >= t.started + t.healthy_deadline && !rolled_out(&s, t) {
             Some(AbortCause::Deadline)
         } else {
             None
@@ -537,8 +543,9 @@ fn blue_green(
 }
 
 /// Every index has a healthy new instance, no old one is live (the kept set aside), and a
-/// blue-green deploy has switched.
-fn complete(s: &Slots<'_>, t: &Tracked) -> bool {
+/// blue-green deploy has switched: what `healthy_deadline` bounds. Old instances may still be
+/// draining.
+fn rolled_out(s: &Slots<'_>, t: &Tracked) -> bool {
     let switched = s.want.rollout != Rollout::BlueGreen || t.switched;
     switched
         && (0..s.want.count).all(|i| s.current(i).is_some_and(|c| s.healthy(c)))
@@ -547,6 +554,15 @@ fn complete(s: &Slots<'_>, t: &Tracked) -> bool {
             .instances
             .iter()
             .any(|i| i.deployment < s.want.deployment && i.phase.is_live() && !s.is_kept(i))
+}
+
+/// Rolled out, and no old instance is still draining: once a deploy reports success, no
+/// request reaches the old version any more.
+fn complete(s: &Slots<'_>, t: &Tracked) -> bool {
+    rolled_out(s, t)
+        && !s.unit.instances.iter().any(|i| {
+            i.deployment < s.want.deployment && i.phase == Phase::Draining && !s.is_kept(i)
+        })
 }
 
 /// The first dependency whose condition is not met, as a human reason.
@@ -846,27 +862,25 @@ mod tests {
         check_at(15, units(10), false, &["stop web#1"]);
     }
 
-    /// A tracked rolling deploy completes when old instances are gone and new ones healthy.
+    /// A tracked rolling deploy completes when old instances are gone and new ones healthy,
+    /// and not while an old one still drains (the proxy may still route it).
     #[test]
     fn rolling_completes() {
         let w = Want {
             tracked: Some(tracked(0)),
             ..want(2, 2)
         };
-        check_at(
-            20,
+        let with_old = |phase| {
             vec![unit(
                 "web",
-                Some(w),
-                vec![
-                    fresh(0, 3, 2, 10),
-                    fresh(1, 4, 2, 12),
-                    inst(0, 1, 1, Phase::Stopping),
-                ],
-            )],
-            false,
-            &["complete web"],
-        );
+                Some(w.clone()),
+                vec![fresh(0, 3, 2, 10), fresh(1, 4, 2, 12), inst(0, 1, 1, phase)],
+            )]
+        };
+        check_at(20, with_old(Phase::Stopping), false, &["complete web"]);
+        check_at(20, with_old(Phase::Draining), false, &[]);
+        // Past the healthy deadline with the new set healthy, a drain is no reason to abort.
+        check_at(10_000, with_old(Phase::Draining), false, &[]);
     }
 
     /// A failed new instance aborts; so does the deadline, and a failed verify probe.
