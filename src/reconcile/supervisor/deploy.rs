@@ -55,14 +55,20 @@ pub(super) struct Kept {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Routing {
     All,
+    /// Every deployment but this one (a blue-green kept set, after a rolling deploy).
+    AllBut(u64),
     Only(u64),
-    Older { below: u64, kept: Option<u64> },
+    Older {
+        below: u64,
+        kept: Option<u64>,
+    },
 }
 
 impl Routing {
     pub fn routes(self, deployment: u64) -> bool {
         match self {
             Routing::All => true,
+            Routing::AllBut(d) => deployment != d,
             Routing::Only(d) => deployment == d,
             Routing::Older { below, kept } => deployment < below && Some(deployment) != kept,
         }
@@ -87,6 +93,7 @@ impl Supervisor {
         caller: Option<u32>,
         immediate: bool,
         previous: Option<Current>,
+        strategy: Option<Strategy>,
     ) -> Option<u64> {
         let now = Instant::now();
         let u = self.units.get_mut(name)?;
@@ -120,12 +127,8 @@ impl Supervisor {
         u.last_deployment = u.last_deployment.max(u.deployment) + 1;
         u.deployment = u.last_deployment;
         u.immediate = immediate;
-        let strategy = cur.spec.deploy.strategy;
-        let verify = if strategy == Strategy::BlueGreen && cur.spec.deploy.verify.is_some() {
-            Verify::NotRun
-        } else {
-            Verify::None
-        };
+        let strategy = strategy.unwrap_or(cur.spec.deploy.strategy);
+        let verify = Deploy::verify_for(strategy, &cur);
         let from = u
             .stable
             .as_ref()
@@ -451,6 +454,15 @@ impl Supervisor {
                     deployment: d.deployment,
                     result: Err("rolled back".into()),
                 });
+                // Callers waiting on the undone deploy learn it now; the rollback itself is
+                // complete at once (the stable set never stopped serving), for its own caller.
+                self.check_waiters();
+                if let Some(u) = self.units.get_mut(name) {
+                    u.outcome = Some(Outcome {
+                        deployment: stable.deployment,
+                        result: Ok(()),
+                    });
+                }
                 self.finish_record(
                     name,
                     &d,
@@ -538,7 +550,7 @@ impl Supervisor {
         // Hold the file's version back until the file changes or someone deploys it.
         u.failed_revision = Some(file_revision);
         let deployment = self
-            .begin_deployment(name, "rollback", caller, false, previous)
+            .begin_deployment(name, "rollback", caller, false, previous, None)
             .unwrap_or(0);
         if let Some(k) = kept {
             self.adopt_kept(name, &k, deployment);
@@ -585,13 +597,10 @@ impl Supervisor {
     /// ready: serving the new beats serving nothing), then only the current one. A kept set is
     /// never routed.
     pub(super) fn routing(u: &Unit) -> Routing {
-        let Some(cur) = &u.current else {
-            return Routing::All;
-        };
-        if cur.spec.deploy.strategy != Strategy::BlueGreen {
-            return Routing::All;
-        }
         let kept = u.kept.as_ref().map(|k| k.deployment);
+        if u.current.is_none() || u.strategy() != Strategy::BlueGreen {
+            return kept.map_or(Routing::All, Routing::AllBut);
+        }
         match &u.deploy {
             Some(d) if !d.switched => {
                 let older_ready = u.instances.iter().any(|i| {
@@ -639,6 +648,15 @@ impl Supervisor {
 }
 
 impl Deploy {
+    /// Blue-green deploys of a unit with `[deploy.verify]` probe the new set before switching.
+    pub(super) fn verify_for(strategy: Strategy, cur: &Current) -> Verify {
+        if strategy == Strategy::BlueGreen && cur.spec.deploy.verify.is_some() {
+            Verify::NotRun
+        } else {
+            Verify::None
+        }
+    }
+
     pub(super) fn to_state(&self) -> DeployState {
         DeployState {
             deployment: self.deployment,
@@ -656,6 +674,11 @@ impl Deploy {
 
     /// Rebuilds a deploy after a restart of chaind; its clock continues from the recorded start.
     pub(super) fn from_state(s: &DeployState, has_verify: bool) -> Deploy {
+        let strategy = if s.strategy == "blue-green" {
+            Strategy::BlueGreen
+        } else {
+            Strategy::Rolling
+        };
         let elapsed = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH + Duration::from_millis(s.started_ms))
             .unwrap_or_default();
@@ -666,15 +689,11 @@ impl Deploy {
             started_ms: s.started_ms,
             from: Revision(s.from_revision.clone()),
             to: Revision(s.to_revision.clone()),
-            strategy: if s.strategy == "blue-green" {
-                Strategy::BlueGreen
-            } else {
-                Strategy::Rolling
-            },
+            strategy,
             trigger: s.trigger.clone(),
             caller: s.caller,
             // A probe that was running when chaind died runs again.
-            verify: match (has_verify, s.verified) {
+            verify: match (has_verify && strategy == Strategy::BlueGreen, s.verified) {
                 (false, _) => Verify::None,
                 (true, true) => Verify::Passed,
                 (true, false) => Verify::NotRun,

@@ -738,15 +738,18 @@ impl Supervisor {
                     .instance(&unit, gen)
                     .is_some_and(|i| matches!(i.state, InstanceState::Draining { .. }));
                 if draining {
-                    if let DrainOutcome::TimedOut { inflight } = outcome {
-                        let index = self.instance(&unit, gen).map(|i| i.index);
-                        self.emit(
-                            &unit,
-                            index,
+                    let index = self.instance(&unit, gen).map(|i| i.index);
+                    let (kind, message) = match outcome {
+                        DrainOutcome::Drained => (
+                            "drained",
+                            "out of rotation, no request in flight".to_string(),
+                        ),
+                        DrainOutcome::TimedOut { inflight } => (
                             "drain",
                             format!("drain timed out with {inflight} requests in flight"),
-                        );
-                    }
+                        ),
+                    };
+                    self.emit(&unit, index, kind, message);
                     self.instance_event(&unit, gen, Event::Drained);
                 }
             }
@@ -782,7 +785,7 @@ impl Supervisor {
                         "watch",
                         format!("{} changed; reloading", path.display()),
                     );
-                    self.begin_deployment(&unit, "watch", None, false, None);
+                    self.begin_deployment(&unit, "watch", None, false, None, None);
                 }
             }
         }
@@ -931,6 +934,18 @@ impl Supervisor {
                 message: format!("no unit named {name}"),
             });
         };
+        let fixed_port = u
+            .current
+            .as_ref()
+            .is_some_and(|c| matches!(c.spec.port, PortSpec::Fixed { .. }));
+        if strategy == Some(crate::unit::Strategy::BlueGreen) && fixed_port {
+            return Err(ApiError {
+                code: ErrorCode::BadRequest,
+                message: format!(
+                    "unit {name} has a fixed port: blue-green runs the new set next to the old one, which fixed ports do not allow"
+                ),
+            });
+        }
         let saved = u.overrides.clone();
         if req.reset {
             u.overrides.clear();
@@ -964,16 +979,17 @@ impl Supervisor {
             u.last_deployment,
         );
         if before == after || u.deploy.is_none() {
-            self.begin_deployment(name, "deploy", caller, false, None);
-        } else if let Some(d) = self.units.get_mut(name).and_then(|u| u.deploy.as_mut()) {
-            d.trigger = "deploy".into();
-            d.caller = caller;
-        }
-        if let (Some(s), Some(d)) = (
-            strategy,
-            self.units.get_mut(name).and_then(|u| u.deploy.as_mut()),
-        ) {
-            d.strategy = s;
+            self.begin_deployment(name, "deploy", caller, false, None, strategy);
+        } else if let Some(u) = self.units.get_mut(name) {
+            // The new revision has already begun deploying with the file's strategy.
+            if let (Some(d), Some(cur)) = (u.deploy.as_mut(), u.current.as_ref()) {
+                d.trigger = "deploy".into();
+                d.caller = caller;
+                if let Some(s) = strategy {
+                    d.strategy = s;
+                    d.verify = deploy::Deploy::verify_for(s, cur);
+                }
+            }
         }
         self.persist_unit(name);
         Ok(self.units[name].deployment)
@@ -1031,7 +1047,7 @@ impl Supervisor {
             UnitAction::Restart | UnitAction::Reload => {
                 u.stopped = false;
                 let immediate = action == UnitAction::Restart;
-                self.begin_deployment(name, action.as_str(), caller, immediate, None);
+                self.begin_deployment(name, action.as_str(), caller, immediate, None, None);
             }
             UnitAction::Deploy | UnitAction::Rollback => {}
         }
@@ -1337,7 +1353,7 @@ impl Supervisor {
                 }
             }
             if !in_place {
-                self.begin_deployment(&name, trigger, None, false, old.clone());
+                self.begin_deployment(&name, trigger, None, false, old.clone(), None);
             }
             if watch_changed || was_removed {
                 self.setup_watch(&name);
@@ -2443,6 +2459,16 @@ impl Unit {
         self.log.as_ref()
     }
 
+    /// The strategy of the deployment under way (`chainctl deploy --strategy` may differ
+    /// from the file's), else the file's.
+    fn strategy(&self) -> crate::unit::Strategy {
+        match (&self.deploy, &self.current) {
+            (Some(d), _) if d.deployment == self.deployment => d.strategy,
+            (_, Some(c)) => c.spec.deploy.strategy,
+            (_, None) => crate::unit::Strategy::Rolling,
+        }
+    }
+
     fn view(&self) -> UnitView {
         let want = self
             .current
@@ -2450,7 +2476,7 @@ impl Unit {
             .filter(|_| !self.stopped && !self.removed)
             .map(|c| {
                 let d = &c.spec.deploy;
-                let rollout = match (self.immediate, d.strategy) {
+                let rollout = match (self.immediate, self.strategy()) {
                     (true, _) => Rollout::Immediate,
                     (false, crate::unit::Strategy::BlueGreen) => Rollout::BlueGreen,
                     (false, crate::unit::Strategy::Rolling) => Rollout::Rolling {
@@ -2505,11 +2531,11 @@ impl Instance {
             InstanceState::Running { healthy: true, .. } => Phase::Ready,
             InstanceState::Running { healthy: false, .. } => Phase::Unready,
             InstanceState::Backoff { .. } => Phase::Backoff,
-            InstanceState::Stopping {
+            InstanceState::Draining {
                 then: AfterStop::Remove,
                 ..
-            }
-            | InstanceState::Draining {
+            } => Phase::Draining,
+            InstanceState::Stopping {
                 then: AfterStop::Remove,
                 ..
             } => Phase::Stopping,
