@@ -24,6 +24,7 @@
 //! - `GET /text?bytes=N` → 200, N bytes of `text/plain` (for compression tests)
 //! - `GET /ws` → a WebSocket echo (RFC 6455): messages come back, pings get pongs
 //! - `GET /env?name=X` → 200 `{value}\n`, or 404 if X is unset (no %-decoding)
+//! - `GET /headers` → 200, the request's headers as `name: value` lines (proxy tests)
 //! - `POST /echo` → 200 with the request body (at most 16 MiB, else 413)
 //! - anything else → 404
 //!
@@ -308,6 +309,14 @@ async fn handle(
             _ => text(StatusCode::BAD_REQUEST, "usage: /exit?code=N (0-255)\n"),
         },
         (&Method::GET, "/pid") => text(StatusCode::OK, format!("{}\n", std::process::id())),
+        (&Method::GET, "/headers") => text(
+            StatusCode::OK,
+            parts
+                .headers
+                .iter()
+                .map(|(k, v)| format!("{k}: {}\n", String::from_utf8_lossy(v.as_bytes())))
+                .collect::<String>(),
+        ),
         (&Method::GET, "/text") => match query_param(query, "bytes").map(str::parse::<usize>) {
             Some(Ok(n)) if n <= 16 << 20 => {
                 let body: String = "chain ".repeat(n / 6 + 1).chars().take(n).collect();

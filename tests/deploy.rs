@@ -1,4 +1,4 @@
-//! Deploys through the proxy under load: rolling and blue-green with no failed request, a new
+//! Deploys through the HTTPS proxy under load: rolling and blue-green with no failed request, a new
 //! version that never gets healthy (abort, old version keeps serving), a crash-looping one,
 //! a failing verify probe, rollback (instant with a kept set), history and diff, and a chaind
 //! killed in the middle of a deploy.
@@ -16,17 +16,24 @@ fn unit(instances: u32, deploy: &str) -> String {
     )
 }
 
+/// A daemon whose proxy serves HTTPS (with its generated localhost certificate), and the
+/// address the load goes to.
 fn start(instances: u32, deploy: &str) -> (TestDaemon, std::net::SocketAddr) {
     let d = TestDaemon::start_with(
         &[("web", &unit(instances, deploy))],
-        &["--http", "127.0.0.1:0"],
+        &["--https", "127.0.0.1:0"],
     );
     d.wait_running("web", instances as usize);
-    let addr = d.http_addr();
+    let addr = d.https_addr();
+    let tls = localhost_tls(&d);
     eventually(Duration::from_secs(10), "routed", || {
-        (KeepAlive::new(addr).get("/").ok()?.text() == "v1\n").then_some(())
+        (KeepAlive::tls(addr, tls.clone()).get("/").ok()?.text() == "v1\n").then_some(())
     });
     (d, addr)
+}
+
+fn load(d: &TestDaemon, addr: std::net::SocketAddr, clients: usize) -> Load {
+    Load::start_tls(addr, localhost_tls(d), clients, "/")
 }
 
 fn history(d: &TestDaemon) -> Vec<DeployInfo> {
@@ -70,11 +77,17 @@ fn assert_single_flip(reports: &[ClientReport]) {
 #[test]
 fn rolling_deploy_under_load() {
     let (d, addr) = start(3, "");
-    let load = Load::start(addr, 4, "/");
+    let load = load(&d, addr, 4);
     load.wait_for_more(200);
     let out = d.ctl_ok(&["deploy", "web", "--set", "env.VERSION=v2", "--wait"]);
     assert!(out.contains("deploy done"), "{out}");
     assert!(out.contains("started"), "no progress shown: {out}");
+    assert!(out.contains("drained"), "no drain step shown: {out}");
+    // Once the deploy has succeeded, no request reaches the old version any more.
+    let mut c = KeepAlive::tls(addr, localhost_tls(&d));
+    for _ in 0..30 {
+        assert_eq!(c.get("/").unwrap().text(), "v2\n");
+    }
     load.wait_for_more(200);
     let reports = load.finish();
     let (ok, failed, errors) = summarize(&reports);
@@ -120,7 +133,7 @@ fn blue_green_deploy_under_load() {
         2,
         "[deploy]\nstrategy = \"blue-green\"\nmin_healthy_time = \"300ms\"",
     );
-    let load = Load::start(addr, 4, "/");
+    let load = load(&d, addr, 4);
     load.wait_for_more(200);
     d.ctl_ok(&["deploy", "web", "--set", "env.VERSION=v2"]);
     // While the green set is health-gated, clients still get v1 only.
@@ -158,6 +171,64 @@ fn blue_green_deploy_under_load() {
         .any(|e| e.kind == "deploy" && e.message.contains("switched traffic")));
 }
 
+/// `chainctl deploy --strategy blue-green` on a rolling unit deploys this once blue-green:
+/// clients flip from v1 to v2 at once, never mixed, and the history says blue-green; the
+/// next deploy uses the file's strategy again. A fixed-port unit refuses it.
+#[test]
+fn strategy_flag_overrides_the_file_once() {
+    let (d, addr) = start(2, "");
+    let load = load(&d, addr, 4);
+    load.wait_for_more(200);
+    d.ctl_ok(&[
+        "deploy",
+        "web",
+        "--set",
+        "env.VERSION=v2",
+        "--strategy",
+        "blue-green",
+        "--wait",
+    ]);
+    load.wait_for_more(200);
+    let reports = load.finish();
+    let (ok, failed, errors) = summarize(&reports);
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} failed: {errors:?}",
+        ok + failed as u64
+    );
+    assert_single_flip(&reports);
+    assert!(d
+        .events("web")
+        .iter()
+        .any(|e| e.kind == "deploy" && e.message.contains("switched traffic")));
+    d.ctl_ok(&["deploy", "web", "--set", "env.VERSION=v3", "--wait"]);
+    let strategies: Vec<String> = history(&d)
+        .iter()
+        .rev()
+        .take(2)
+        .map(|h| h.strategy.clone())
+        .collect();
+    assert_eq!(strategies, ["rolling", "blue-green"]);
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let fixed = TestDaemon::start_with(
+        &[("db", &format!("port = {port}\n{}", demo_unit(1, "v1", "")))],
+        &[],
+    );
+    fixed.wait_running("db", 1);
+    let out = fixed.ctl(&["deploy", "db", "--strategy", "blue-green"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("fixed port"),
+        "{out:?}"
+    );
+}
+
 /// A version that never gets healthy: the deploy fails at healthy_deadline, `deploy --wait`
 /// exits non-zero and says why, the old version keeps serving throughout (no failed request),
 /// the new instances are removed, and the file revision is held (diff shows it).
@@ -167,7 +238,7 @@ fn never_healthy_version_aborts_and_old_keeps_serving() {
     std::fs::write(flag.path().join("sick"), "").unwrap();
     let (d, addr) = start(2, "[deploy]\nhealthy_deadline = \"3s\"");
     let before: Vec<_> = d.instances("web").iter().map(|i| i.pid).collect();
-    let load = Load::start(addr, 2, "/");
+    let load = load(&d, addr, 2);
     load.wait_for_more(100);
     let sick = format!("env.UNHEALTHY_FILE={}", flag.path().join("sick").display());
     let out = d.ctl(&[
@@ -217,6 +288,42 @@ fn never_healthy_version_aborts_and_old_keeps_serving() {
     // Fixing the overrides deploys again.
     d.ctl_ok(&["deploy", "web", "--unset", "env.UNHEALTHY_FILE", "--wait"]);
     assert_eq!(versions_served(&d), ["v2", "v2"]);
+}
+
+/// With `auto_rollback = false` a failed blue-green deploy halts: `--wait` fails, the old set
+/// keeps serving, the new instances stay for inspection, and `chainctl rollback` clears them.
+#[test]
+fn failed_deploy_halts_without_auto_rollback() {
+    let flag = tempfile::tempdir().unwrap();
+    std::fs::write(flag.path().join("sick"), "").unwrap();
+    let (d, _) = start(
+        2,
+        "[deploy]\nstrategy = \"blue-green\"\nhealthy_deadline = \"2s\"\nauto_rollback = false",
+    );
+    let sick = format!("env.UNHEALTHY_FILE={}", flag.path().join("sick").display());
+    let out = d.ctl(&[
+        "deploy",
+        "web",
+        "--set",
+        "env.VERSION=v2",
+        "--set",
+        &sick,
+        "--wait",
+    ]);
+    assert!(!out.status.success(), "a failed deploy must exit non-zero");
+    let last = history(&d).pop().unwrap();
+    assert_eq!(last.outcome, "halted");
+    assert_eq!(versions_served(&d), ["v1", "v1"]);
+    assert_eq!(
+        d.instances("web").len(),
+        4,
+        "the new set stays for inspection"
+    );
+    d.ctl_ok(&["rollback", "web"]);
+    eventually(Duration::from_secs(10), "new set removed", || {
+        (d.instances("web").len() == 2).then_some(())
+    });
+    assert_eq!(versions_served(&d), ["v1", "v1"]);
 }
 
 /// A crash-looping new version fails the deploy as soon as an instance is `failed`, long
@@ -289,6 +396,19 @@ fn rollback_and_instant_rollback() {
         h.last().map(|r| (r.trigger.as_str(), r.outcome.as_str())),
         Some(("rollback", "succeeded"))
     );
+    // --to goes back further than the previous revision: v1 → v2 → v3, then to v2's revision
+    // named by a prefix of it.
+    let v2 = h
+        .iter()
+        .find(|r| r.trigger == "deploy")
+        .map(|r| r.to_revision.clone())
+        .unwrap();
+    d.ctl_ok(&["deploy", "web", "--set", "env.VERSION=v3", "--wait"]);
+    assert_eq!(versions_served(&d), ["v3", "v3"]);
+    d.ctl_ok(&["rollback", "web", "--to", &v2[..8]]);
+    assert_eq!(versions_served(&d), ["v2", "v2"]);
+    let out = d.ctl(&["rollback", "web", "--to", "ffffffffffff"]);
+    assert!(!out.status.success(), "an unknown revision must fail");
 
     let (d, _) = start(
         2,
@@ -367,7 +487,10 @@ fn chaind_killed_mid_deploy_ends_consistent() {
     // The restarted chaind listens on a new port.
     let _ = addr;
     assert_eq!(
-        KeepAlive::new(d.http_addr()).get("/").unwrap().text(),
+        KeepAlive::tls(d.https_addr(), localhost_tls(&d))
+            .get("/")
+            .unwrap()
+            .text(),
         "v2\n"
     );
     let last = history(&d).pop().unwrap();

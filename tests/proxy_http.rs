@@ -24,7 +24,14 @@ fn routes_by_host_and_prefix() {
                 "api",
                 &routed(1, "api", "path = \"/api\"\nstrip_prefix = true"),
             ),
-            ("admin", &routed(1, "admin", "host = \"admin.example.com\"")),
+            (
+                "admin",
+                &routed(
+                    1,
+                    "admin",
+                    "host = \"admin.example.com\"\n[route.headers]\nX-Frame-Options = \"DENY\"\nx-version = \"\"",
+                ),
+            ),
         ],
         &["--http", "127.0.0.1:0"],
     );
@@ -57,6 +64,35 @@ fn routes_by_host_and_prefix() {
         body(&mut c, "/", "ADMIN.example.com:8080"),
         (200, "admin".into())
     );
+    // What the app sees: Host kept, X-Forwarded-*, a request id, no hop-by-hop headers.
+    let seen = c
+        .request("GET", "/headers", "x.com", b"")
+        .unwrap()
+        .text()
+        .to_ascii_lowercase();
+    let header = |name: &str| {
+        seen.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .map(str::to_string)
+    };
+    assert_eq!(header("host").as_deref(), Some("x.com"), "{seen}");
+    assert_eq!(header("x-forwarded-for").as_deref(), Some("127.0.0.1"));
+    assert_eq!(header("x-forwarded-proto").as_deref(), Some("http"));
+    assert_eq!(header("x-forwarded-host").as_deref(), Some("x.com"));
+    let id = header("x-request-id").unwrap_or_default();
+    assert!(
+        id.len() == 24 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{seen}"
+    );
+    assert_eq!(header("connection"), None, "{seen}");
+    // chaind's default response headers, and a route's own rules (set, remove).
+    let web = c.request("GET", "/", "x.com", b"").unwrap();
+    assert_eq!(web.header("x-frame-options"), Some("SAMEORIGIN"));
+    assert_eq!(web.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(web.header("strict-transport-security"), None, "plain HTTP");
+    let admin = c.request("GET", "/", "admin.example.com", b"").unwrap();
+    assert_eq!(admin.header("x-frame-options"), Some("DENY"));
+    assert_eq!(admin.header("x-version"), None, "removed by the route");
 
     let only_api = TestDaemon::start_with(
         &[("api", &routed(1, "api", "path = \"/api\""))],
@@ -96,7 +132,59 @@ fn round_robin_and_no_instance() {
 
     d.ctl_ok(&["stop", "web"]);
     let r = c.get("/").unwrap();
-    assert_eq!(r.status, 503);
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (503, "503 Service Unavailable\n")
+    );
+}
+
+/// An instance slower than the route's `timeout` gets the client a 504 with a short plain
+/// body, and the client's connection stays usable.
+#[test]
+fn slow_instance_is_504() {
+    let d = TestDaemon::start_with(
+        &[("web", &routed(1, "v1", "path = \"/\"\ntimeout = \"300ms\""))],
+        &["--http", "127.0.0.1:0"],
+    );
+    d.wait_running("web", 1);
+    let mut c = KeepAlive::new(d.http_addr());
+    eventually(Duration::from_secs(5), "routed", || {
+        (c.get("/").ok()?.status == 200).then_some(())
+    });
+    let r = c.get("/sleep?ms=5000").unwrap();
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (504, "504 Gateway Timeout\n")
+    );
+    assert_eq!(c.get("/").unwrap().text(), "v1\n");
+}
+
+/// An instance that takes the request and closes the connection without an answer gets the
+/// client a 502 with a short plain body; a request that reached an instance is not retried.
+#[test]
+fn broken_instance_is_502() {
+    let server = [
+        "import os, socket",
+        "s = socket.socket()",
+        "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)",
+        "s.bind(('127.0.0.1', int(os.environ['PORT'])))",
+        "s.listen(64)",
+        "while True:",
+        "    c, _ = s.accept()",
+        "    c.recv(65536)",
+        "    c.close()",
+    ]
+    .join("\n");
+    let unit = format!(
+        "[process]\ncommand = \"python3\"\nargs = [\"-c\", {server:?}]\n[[route]]\npath = \"/\"\n"
+    );
+    let d = TestDaemon::start_with(&[("broken", &unit)], &["--http", "127.0.0.1:0"]);
+    d.wait_running("broken", 1);
+    let mut c = KeepAlive::new(d.http_addr());
+    let r = eventually(Duration::from_secs(5), "routed", || {
+        c.get("/").ok().filter(|r| r.status != 503)
+    });
+    assert_eq!((r.status, r.text().as_str()), (502, "502 Bad Gateway\n"));
 }
 
 /// A body larger than max_body gets 413 (declared length, and chunked).

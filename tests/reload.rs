@@ -1,72 +1,38 @@
-//! Zero-downtime replacement: `chainctl reload` and unit edits under a running client through
-//! the proxy, with no failed request and slow requests finishing on the old instances.
+//! Zero-downtime replacement: `chainctl reload` and unit edits under running TLS clients
+//! through the HTTPS proxy, with no failed request and slow requests finishing on the old
+//! instances.
 mod support;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use support::*;
 
-struct Load {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
-    threads: Vec<std::thread::JoinHandle<Vec<String>>>,
+/// A daemon serving `web` over HTTPS (its generated localhost certificate), the proxy's
+/// address, and the TLS configuration that trusts it.
+fn start() -> (
+    TestDaemon,
+    std::net::SocketAddr,
+    std::sync::Arc<rustls::ClientConfig>,
+) {
+    let d = TestDaemon::start_with(&[("web", &unit("v1"))], &["--https", "127.0.0.1:0"]);
+    d.wait_running("web", 2);
+    let (addr, tls) = (d.https_addr(), localhost_tls(&d));
+    eventually(Duration::from_secs(5), "routed", || {
+        (KeepAlive::tls(addr, tls.clone()).get("/").ok()?.text() == "v1\n").then_some(())
+    });
+    (d, addr, tls)
 }
 
-/// `clients` keep-alive connections, each sending requests back to back.
-fn load(addr: std::net::SocketAddr, clients: usize) -> Load {
-    let stop = Arc::new(AtomicBool::new(false));
-    let ok = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
-    let threads = (0..clients)
-        .map(|_| {
-            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
-            std::thread::spawn(move || {
-                let mut c = KeepAlive::new(addr);
-                let mut errors = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
-                    match c.get("/") {
-                        Ok(r) if r.status == 200 => {
-                            ok.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Ok(r) => {
-                            failed.fetch_add(1, Ordering::Relaxed);
-                            errors.push(format!("status {}: {}", r.status, r.text()));
-                        }
-                        Err(e) => {
-                            failed.fetch_add(1, Ordering::Relaxed);
-                            errors.push(format!("error: {e}"));
-                        }
-                    }
-                }
-                errors
-            })
-        })
-        .collect();
-    Load {
-        stop,
-        ok,
+fn assert_no_failure(reports: &[ClientReport]) -> u64 {
+    let (ok, failed, errors) = summarize(reports);
+    assert_eq!(
         failed,
-        threads,
-    }
-}
-
-impl Load {
-    fn finish(self) -> (u64, u64, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        let errors = self
-            .threads
-            .into_iter()
-            .flat_map(|t| t.join().unwrap())
-            .collect();
-        (
-            self.ok.load(Ordering::Relaxed),
-            self.failed.load(Ordering::Relaxed),
-            errors,
-        )
-    }
+        0,
+        "{failed} of {} requests failed: {:?}",
+        ok + failed as u64,
+        &errors[..errors.len().min(10)]
+    );
+    ok
 }
 
 fn unit(version: &str) -> String {
@@ -84,31 +50,15 @@ fn unit(version: &str) -> String {
 /// fails, and every instance afterwards is new.
 #[test]
 fn reload_under_load_drops_nothing() {
-    let d = TestDaemon::start_with(&[("web", &unit("v1"))], &["--http", "127.0.0.1:0"]);
+    let (d, addr, tls) = start();
     let before = d.wait_running("web", 2);
-    let addr = d.http_addr();
-    eventually(Duration::from_secs(5), "routed", || {
-        (KeepAlive::new(addr).get("/").ok()?.status == 200).then_some(())
-    });
-    let l = load(addr, 4);
-    eventually(Duration::from_secs(5), "load running", || {
-        (l.ok.load(Ordering::Relaxed) > 200).then_some(())
-    });
+    let l = Load::start_tls(addr, tls, 4, "/");
+    l.wait_for_more(200);
     for _ in 0..3 {
         d.ctl_ok(&["reload", "web"]);
     }
-    let after_reload = l.ok.load(Ordering::Relaxed);
-    eventually(Duration::from_secs(5), "load continues", || {
-        (l.ok.load(Ordering::Relaxed) > after_reload + 200).then_some(())
-    });
-    let (ok, failed, errors) = l.finish();
-    assert_eq!(
-        failed,
-        0,
-        "{failed} of {} requests failed: {:?}",
-        ok + failed,
-        &errors[..errors.len().min(10)]
-    );
+    l.wait_for_more(200);
+    let ok = assert_no_failure(&l.finish());
     let after = d.wait_running("web", 2);
     assert!(after.iter().all(|a| before.iter().all(|b| a.pid != b.pid)));
     eprintln!("reload under load: {ok} requests, 0 failed");
@@ -118,44 +68,28 @@ fn reload_under_load_drops_nothing() {
 /// version served flips.
 #[test]
 fn edit_under_load_flips_version_without_errors() {
-    let d = TestDaemon::start_with(&[("web", &unit("v1"))], &["--http", "127.0.0.1:0"]);
-    d.wait_running("web", 2);
-    let addr = d.http_addr();
-    eventually(Duration::from_secs(5), "routed", || {
-        (KeepAlive::new(addr).get("/").ok()?.text() == "v1\n").then_some(())
-    });
-    let l = load(addr, 4);
+    let (d, addr, tls) = start();
+    let l = Load::start_tls(addr, tls.clone(), 4, "/");
     d.write_unit("web", &unit("v2"));
-    let mut probe = KeepAlive::new(addr);
+    let mut probe = KeepAlive::tls(addr, tls);
     eventually(Duration::from_secs(30), "v2 everywhere", || {
         let all_v2 = (0..6).all(|_| probe.get("/").is_ok_and(|r| r.text() == "v2\n"));
         let settled = d.instances("web").len() == 2;
         (all_v2 && settled).then_some(())
     });
-    let (ok, failed, errors) = l.finish();
-    assert_eq!(
-        failed,
-        0,
-        "{failed} of {} requests failed: {:?}",
-        ok + failed,
-        &errors[..errors.len().min(10)]
-    );
+    assert_no_failure(&l.finish());
 }
 
 /// A slow request running on an old instance finishes (200) while the instance is replaced:
 /// the old instance is drained before its stop signal.
 #[test]
 fn slow_request_survives_replacement() {
-    let d = TestDaemon::start_with(&[("web", &unit("v1"))], &["--http", "127.0.0.1:0"]);
-    d.wait_running("web", 2);
-    let addr = d.http_addr();
-    eventually(Duration::from_secs(5), "routed", || {
-        (KeepAlive::new(addr).get("/").ok()?.status == 200).then_some(())
-    });
+    let (d, addr, tls) = start();
     let slow: Vec<_> = (0..4)
         .map(|_| {
+            let tls = tls.clone();
             std::thread::spawn(move || {
-                KeepAlive::new(addr)
+                KeepAlive::tls(addr, tls)
                     .get("/sleep?ms=1500")
                     .map(|r| (r.status, r.text()))
             })

@@ -152,7 +152,8 @@ pub enum Cmd {
     Inspect { unit: String },
     /// Versions of chainctl and chaind, and where the daemon keeps things and listens.
     Version,
-    /// The proxy's routes, the ready instances behind each, and their in-flight requests.
+    /// The proxy's routes, the ready instances behind each, their passive health (down after
+    /// max_fails failures) and their in-flight requests.
     Routes,
     /// Remove containers with chain's labels that no unit instance owns (left behind by a
     /// removed root or a failed removal).

@@ -400,10 +400,36 @@ impl TestDaemon {
     }
 }
 
-/// A keep-alive HTTP/1.1 client for tests: one connection, reused.
+/// A byte stream a test client talks HTTP/1.1 over: plain TCP or TLS.
+pub trait Stream: Read + Write + Send {}
+impl<T: Read + Write + Send> Stream for T {}
+
+/// A TLS client configuration that trusts the certificate chaind generated for `localhost`
+/// (the daemon must run with an HTTPS listener and no certificate of its own).
+pub fn localhost_tls(d: &TestDaemon) -> std::sync::Arc<rustls::ClientConfig> {
+    use rustls_pki_types::pem::PemObject;
+    let pem = std::fs::read(d.root.join("tls").join("localhost.crt"))
+        .expect("chaind's generated localhost certificate");
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    std::sync::Arc::new(cfg)
+}
+
+/// A keep-alive HTTP/1.1 client for tests: one connection, reused; over TLS (SNI
+/// `localhost`) when made with [`KeepAlive::tls`].
 pub struct KeepAlive {
     addr: std::net::SocketAddr,
-    conn: Option<std::io::BufReader<TcpStream>>,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    conn: Option<std::io::BufReader<Box<dyn Stream>>>,
 }
 
 pub struct Reply {
@@ -427,7 +453,19 @@ impl Reply {
 
 impl KeepAlive {
     pub fn new(addr: std::net::SocketAddr) -> KeepAlive {
-        KeepAlive { addr, conn: None }
+        KeepAlive {
+            addr,
+            tls: None,
+            conn: None,
+        }
+    }
+
+    pub fn tls(addr: std::net::SocketAddr, cfg: std::sync::Arc<rustls::ClientConfig>) -> KeepAlive {
+        KeepAlive {
+            addr,
+            tls: Some(cfg),
+            conn: None,
+        }
     }
 
     /// Sends one request on the kept-alive connection (opening it if needed). Any I/O problem
@@ -444,7 +482,17 @@ impl KeepAlive {
             let s = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5))?;
             s.set_read_timeout(Some(Duration::from_secs(30)))?;
             s.set_nodelay(true)?;
-            self.conn = Some(std::io::BufReader::new(s));
+            let stream: Box<dyn Stream> = match &self.tls {
+                None => Box::new(s),
+                Some(cfg) => {
+                    let name =
+                        rustls_pki_types::ServerName::try_from("localhost").expect("a valid name");
+                    let tls = rustls::ClientConnection::new(cfg.clone(), name)
+                        .map_err(std::io::Error::other)?;
+                    Box::new(rustls::StreamOwned::new(tls, s))
+                }
+            };
+            self.conn = Some(std::io::BufReader::new(stream));
         }
         let conn = self.conn.as_mut().expect("just set");
         let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\n");
@@ -670,7 +718,27 @@ pub struct ClientReport {
 }
 
 impl Load {
+    /// `clients` keep-alive clients requesting `path` in a loop, over plain HTTP.
     pub fn start(addr: std::net::SocketAddr, clients: usize, path: &str) -> Load {
+        Load::start_with(addr, None, clients, path)
+    }
+
+    /// The same over TLS (see [`localhost_tls`]).
+    pub fn start_tls(
+        addr: std::net::SocketAddr,
+        tls: std::sync::Arc<rustls::ClientConfig>,
+        clients: usize,
+        path: &str,
+    ) -> Load {
+        Load::start_with(addr, Some(tls), clients, path)
+    }
+
+    fn start_with(
+        addr: std::net::SocketAddr,
+        tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+        clients: usize,
+        path: &str,
+    ) -> Load {
         use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
         use std::sync::Arc;
         let stop = Arc::new(AtomicBool::new(false));
@@ -678,8 +746,12 @@ impl Load {
         let threads = (0..clients)
             .map(|_| {
                 let (stop, ok, path) = (stop.clone(), ok.clone(), path.to_string());
+                let tls = tls.clone();
                 std::thread::spawn(move || {
-                    let mut c = KeepAlive::new(addr);
+                    let mut c = match tls {
+                        Some(cfg) => KeepAlive::tls(addr, cfg),
+                        None => KeepAlive::new(addr),
+                    };
                     let mut report = ClientReport::default();
                     while !stop.load(Ordering::Relaxed) {
                         match c.get(&path) {
