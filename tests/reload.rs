@@ -115,3 +115,59 @@ fn slow_request_survives_replacement() {
         assert_eq!((status, body.as_str()), (200, "v1\n"));
     }
 }
+
+/// An app that, like Node's `server.close()`, exits on SIGTERM only once every connection to
+/// it has closed: once it is replaced, the proxy closes its idle pooled connections to it, so
+/// it exits at once instead of waiting for them (here: for `kill_timeout`, 60 s).
+#[test]
+fn replaced_instance_gets_its_idle_connections_closed() {
+    let server = [
+        "import os, signal, sys, threading, time",
+        "from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler",
+        "open_conns = 0",
+        "lock = threading.Lock()",
+        "class H(BaseHTTPRequestHandler):",
+        "    protocol_version = 'HTTP/1.1'",
+        "    def setup(self):",
+        "        global open_conns",
+        "        with lock: open_conns += 1",
+        "        super().setup()",
+        "    def finish(self):",
+        "        global open_conns",
+        "        super().finish()",
+        "        with lock: open_conns -= 1",
+        "    def do_GET(self):",
+        "        body = os.environ['VERSION'].encode() + b'\\n'",
+        "        self.send_response(200)",
+        "        self.send_header('Content-Length', str(len(body)))",
+        "        self.end_headers()",
+        "        self.wfile.write(body)",
+        "    def log_message(self, *args): pass",
+        "srv = ThreadingHTTPServer(('127.0.0.1', int(os.environ['PORT'])), H)",
+        "srv.daemon_threads = True",
+        "signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=srv.shutdown).start())",
+        "srv.serve_forever()",
+        "while True:",
+        "    with lock:",
+        "        if open_conns == 0: sys.exit(0)",
+        "    time.sleep(0.05)",
+    ]
+    .join("\n");
+    let unit = format!(
+        "instances = 2\n[process]\ncommand = \"python3\"\nargs = [\"-c\", {server:?}]\nkill_timeout = \"60s\"\n[env]\nVERSION = \"v1\"\n[[route]]\npath = \"/\"\n"
+    );
+    let d = TestDaemon::start_with(&[("web", &unit)], &["--http", "127.0.0.1:0"]);
+    let before = d.wait_running("web", 2);
+    // Several clients at once, so that the proxy pools connections to both instances.
+    let l = Load::start(d.http_addr(), 4, "/");
+    l.wait_for_more(100);
+    assert_no_failure(&l.finish());
+    d.ctl_ok(&["reload", "web"]);
+    eventually(Duration::from_secs(15), "replaced instances exited", || {
+        before
+            .iter()
+            .filter_map(|i| i.pid)
+            .all(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+            .then_some(())
+    });
+}

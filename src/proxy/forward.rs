@@ -133,7 +133,7 @@ async fn forward(
         obs.upstream(&up);
         let sent = tokio::time::timeout(
             spec.timeout,
-            super::pool::send(up.addr, out, spec.connect_timeout),
+            super::pool::send(&up, out, spec.connect_timeout),
         )
         .await;
         match sent {
@@ -306,11 +306,10 @@ fn security_headers(
 fn response(resp: Response<Incoming>, guard: InflightGuard, sender: Sender) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    let addr = guard.upstream().addr;
     let mut body = Guarded {
         inner: body,
         guard: Some(guard),
-        conn: Some((addr, sender)),
+        conn: Some(sender),
     };
     // hyper does not poll a body that says it is empty (HEAD, 204, 304, Content-Length: 0).
     if body.inner.is_end_stream() {
@@ -327,15 +326,16 @@ struct Guarded {
     guard: Option<InflightGuard>,
     /// The upstream connection, released once the body has been read to its end; dropped
     /// (and so closed) when the body is not read to the end.
-    conn: Option<(SocketAddr, Sender)>,
+    conn: Option<Sender>,
 }
 
 impl Guarded {
     fn done(&mut self) {
-        self.guard = None;
-        if let Some((addr, sender)) = self.conn.take() {
-            super::pool::release(addr, sender);
+        if let (Some(guard), Some(sender)) = (self.guard.take(), self.conn.take()) {
+            super::pool::release(guard.upstream(), sender);
         }
+        self.guard = None;
+        self.conn = None;
     }
 }
 

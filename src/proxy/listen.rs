@@ -144,11 +144,24 @@ async fn worker(
             Err(e) => tracing::error!(error = %e, "proxy worker cannot poll its listener"),
         }
     }
+    // Idle upstream connections to instances that leave are closed as soon as they leave.
+    let mut retired = shared.retired.subscribe();
+    let pruner = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(30));
+        loop {
+            tokio::select! {
+                changed = retired.changed() => if changed.is_err() { return },
+                _ = tick.tick() => {}
+            }
+            super::pool::prune();
+        }
+    });
     for l in loops {
         let _ = l.await;
     }
     connections.close();
     connections.wait().await;
+    pruner.abort();
 }
 
 /// Serves one listener until `stop`; then open connections get a graceful shutdown and up to

@@ -52,6 +52,16 @@ pub struct Shared {
     acme: Arc<acme::Challenges>,
     /// Metrics and the access log, when configured; read-only after start.
     observe: observe::Observer,
+    /// Bumped whenever an upstream is retired or forgotten: each proxy worker then closes its
+    /// idle connections to instances that are leaving (see `pool`).
+    retired: watch::Sender<u64>,
+}
+
+impl Shared {
+    /// Tells the workers to drop idle connections to retired or forgotten upstreams.
+    fn upstreams_retired(&self) {
+        self.retired.send_modify(|n| *n = n.wrapping_add(1));
+    }
 }
 
 /// Why the proxy could not start.
@@ -100,6 +110,7 @@ impl Proxy {
             https_port: https_addr.map(|a| a.port()),
             acme: Arc::default(),
             observe: observer,
+            retired: watch::channel(0).0,
         });
         let mut tasks = vec![tokio::spawn(build_tables(shared.clone(), snapshots))];
         let mut listeners = Vec::new();
@@ -137,6 +148,9 @@ impl Proxy {
         let Some(up) = self.registry().get(&key).cloned() else {
             return DrainOutcome::Drained;
         };
+        // Requests already on their way finish; connections to it are not reused.
+        up.retire();
+        self.shared.upstreams_retired();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let registered = self
@@ -209,15 +223,19 @@ async fn build_tables(shared: Arc<Shared>, mut snapshots: watch::Receiver<Arc<Sn
     let mut extras = observe::Extras::new(shared.observe.metrics.clone());
     loop {
         let snap = snapshots.borrow_and_update().clone();
-        let table = {
+        let (table, forgot) = {
             let mut registry = shared.registry.lock().unwrap_or_else(|p| p.into_inner());
             let table = build(&snap, &mut registry, &mut cursors, &mut extras, epoch);
             extras.finish_build();
             // Forget upstreams nothing holds any more (not this table, no request, no drain).
+            let before = registry.len();
             registry.retain(|_, up| Arc::strong_count(up) > 1);
-            table
+            (table, registry.len() != before)
         };
         shared.table.store(Arc::new(table));
+        if forgot {
+            shared.upstreams_retired();
+        }
         if snapshots.changed().await.is_err() {
             return;
         }

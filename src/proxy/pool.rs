@@ -12,10 +12,17 @@
 //! The caller gives a connection back with [`release`] once the response body has been read
 //! to its end; a connection whose response was not read to the end is dropped, and hyper
 //! closes it.
+//!
+//! Connections belong to one instance incarnation (`Upstream`), not just to an address: once
+//! the instance is retired (draining, or gone from every table) its connections are closed,
+//! idle ones by [`prune`] at once, busy ones when they are released. An app that waits for its
+//! keep-alive connections to close before it exits (Node's `server.close()` does) is not kept
+//! waiting by idle connections the proxy would never use again.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
@@ -25,6 +32,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::forward::ProxyBody;
+use super::table::Upstream;
 
 /// Idle connections kept per instance and worker (nginx's `keepalive` per worker).
 const MAX_IDLE_PER_UPSTREAM: usize = 256;
@@ -37,9 +45,25 @@ const PRUNE_EVERY: u32 = 4096;
 /// The sending half of one upstream connection.
 pub type Sender = http1::SendRequest<ProxyBody>;
 
+struct Idle {
+    sender: Sender,
+    since: Instant,
+    upstream: Weak<Upstream>,
+}
+
+impl Idle {
+    /// Still worth keeping: open, not idle too long, and its instance not retired.
+    fn usable(&self, now: Instant) -> bool {
+        !self.sender.is_closed()
+            && now.duration_since(self.since) < IDLE_TIMEOUT
+            && self.upstream.upgrade().is_some_and(|u| !u.is_retired())
+    }
+}
+
+/// Idle connections by instance incarnation: address and `Upstream::id`.
 #[derive(Default)]
 struct Pool {
-    idle: HashMap<SocketAddr, Vec<(Sender, Instant)>>,
+    idle: HashMap<(SocketAddr, u64), Vec<Idle>>,
     releases: u32,
 }
 
@@ -56,14 +80,15 @@ pub enum SendError {
     Request(hyper::Error),
 }
 
-/// Sends `req` (origin-form URI, with a Host header) to the instance at `addr`. Returns the
+/// Sends `req` (origin-form URI, with a Host header) to the instance `up`. Returns the
 /// response head and the connection, which goes back to the pool through [`release`].
 pub async fn send(
-    addr: SocketAddr,
+    up: &Arc<Upstream>,
     mut req: Request<ProxyBody>,
     connect_timeout: Duration,
 ) -> Result<(Response<Incoming>, Sender), SendError> {
-    while let Some(mut sender) = take_idle(addr) {
+    let addr = up.addr;
+    while let Some(mut sender) = take_idle(up) {
         if sender.ready().await.is_err() {
             continue;
         }
@@ -95,9 +120,10 @@ pub async fn send(
     }
 }
 
-/// Gives a connection whose response was read to its end back to this worker's pool.
-pub fn release(addr: SocketAddr, sender: Sender) {
-    if sender.is_closed() {
+/// Gives a connection whose response was read to its end back to this worker's pool (or
+/// closes it, when its instance is retired meanwhile).
+pub fn release(up: &Arc<Upstream>, sender: Sender) {
+    if sender.is_closed() || up.is_retired() {
         return;
     }
     let now = Instant::now();
@@ -105,26 +131,44 @@ pub fn release(addr: SocketAddr, sender: Sender) {
         let mut p = p.borrow_mut();
         p.releases = p.releases.wrapping_add(1);
         if p.releases % PRUNE_EVERY == 0 {
-            p.idle.retain(|_, conns| {
-                conns.retain(|(s, at)| !s.is_closed() && now.duration_since(*at) < IDLE_TIMEOUT);
-                !conns.is_empty()
-            });
+            p.prune(now);
         }
-        let conns = p.idle.entry(addr).or_default();
+        let conns = p.idle.entry((up.addr, up.id)).or_default();
         if conns.len() < MAX_IDLE_PER_UPSTREAM {
-            conns.push((sender, now));
+            conns.push(Idle {
+                sender,
+                since: now,
+                upstream: Arc::downgrade(up),
+            });
         }
     });
 }
 
-/// The most recently released connection to `addr` that is still open and not too old.
-fn take_idle(addr: SocketAddr) -> Option<Sender> {
+/// Closes this worker's idle connections that are no longer worth keeping: to retired or
+/// forgotten instances, closed by the instance, or idle for too long.
+pub fn prune() {
+    let now = Instant::now();
+    POOL.with(|p| p.borrow_mut().prune(now));
+}
+
+impl Pool {
+    fn prune(&mut self, now: Instant) {
+        self.idle.retain(|_, conns| {
+            conns.retain(|c| c.usable(now));
+            !conns.is_empty()
+        });
+    }
+}
+
+/// The most recently released connection to `up` that is still worth using.
+fn take_idle(up: &Upstream) -> Option<Sender> {
+    let now = Instant::now();
     POOL.with(|p| {
         let mut p = p.borrow_mut();
-        let conns = p.idle.get_mut(&addr)?;
-        while let Some((s, at)) = conns.pop() {
-            if !s.is_closed() && at.elapsed() < IDLE_TIMEOUT {
-                return Some(s);
+        let conns = p.idle.get_mut(&(up.addr, up.id))?;
+        while let Some(c) = conns.pop() {
+            if c.usable(now) {
+                return Some(c.sender);
             }
         }
         None

@@ -33,6 +33,9 @@ pub struct Upstream {
     epoch: Instant,
     /// This instance's metric series, when metrics are on (set by the table builder).
     pub stats: Option<Arc<crate::metrics::InstanceStats>>,
+    /// Set once the instance is leaving (draining, or gone from the tables): its pooled
+    /// connections are closed rather than reused.
+    retired: std::sync::atomic::AtomicBool,
 }
 
 impl Upstream {
@@ -48,7 +51,16 @@ impl Upstream {
             down_until: AtomicU64::new(0),
             epoch,
             stats: None,
+            retired: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Relaxed)
     }
 
     pub fn with_stats(mut self, stats: Option<Arc<crate::metrics::InstanceStats>>) -> Upstream {
