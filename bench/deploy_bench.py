@@ -459,8 +459,10 @@ class Chain(Target):
                 f'port_range = "{b.chain_ports[0]}-{b.chain_ports[-1]}"\n\n'
                 f"[proxy]\n"
                 f'https = "127.0.0.1:{self.port}"\n'
-                # Every proxied request, for the failure analysis (written by its own thread).
-                f'access_log = "proxy/access.log"\n\n'
+                # Every proxied request, for the failure analysis (written by its own thread),
+                # in one file: the analysis reads it from an offset, which rotation would break.
+                f'access_log = "proxy/access.log"\n'
+                f'access_log_max_size = "0"\n\n'
                 f"[[certificate]]\n"
                 f'cert = "{b.cert}"\n'
                 f'key = "{b.key}"\n'
