@@ -93,7 +93,9 @@ pub enum Cmd {
         /// This deploy only: rolling or blue-green.
         #[arg(long, value_parser = ["rolling", "blue-green"])]
         strategy: Option<String>,
-        /// Wait until the deploy ends, showing its steps; exit non-zero when it fails.
+        /// Wait until the deploy ends (the new set healthy and the old one drained), showing its
+        /// steps (started, ready, switched, drained, stopped) as they happen, or as NDJSON events
+        /// with --json; exit non-zero when it fails.
         #[arg(long)]
         wait: bool,
     },
