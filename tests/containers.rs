@@ -43,12 +43,25 @@ fn http(addr: &str, path: &str) -> Option<(u16, String)> {
 }
 
 /// A busybox httpd container gets ready through its HTTP health check and serves on its
-/// address; the engine enforces the unit's cpus and memory and carries chain's labels; a
+/// address, a page from a read-only bind mount, as an unprivileged user on a read-only root
+/// file system under the engine's init; the engine enforces the unit's cpus and memory and
+/// carries chain's labels; a
 /// container that ignores SIGTERM is killed at kill_timeout; stopping the unit removes every
 /// container.
 #[test]
 fn httpd_container_health_limits_and_stop() {
     let Some(image) = docker::image() else { return };
+    // The page comes from a read-only bind mount, served by an unprivileged user from a
+    // read-only root file system, under the engine's init.
+    let www = tempfile::tempdir().unwrap();
+    std::fs::write(www.path().join("index.html"), "chain bind mount page\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(www.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        www.path().join("index.html"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
     let web = format!(
         r#"instances = 2
 [container]
@@ -58,13 +71,18 @@ port = 8080
 cpus = 0.5
 memory = "64MiB"
 labels = {{ "com.example.team" = "web" }}
+volumes = ["{www}:/www:ro"]
+user = "1000:1000"
+read_only = true
+init = true
 [health]
 type = "http"
 path = "/index.html"
 interval = "500ms"
 start_interval = "50ms"
 timeout = "400ms"
-"#
+"#,
+        www = www.path().display()
     );
     // PID 1 has no default action for SIGTERM: a plain sleep ignores it.
     let stubborn = format!(
@@ -100,11 +118,21 @@ kill_timeout = "1s"
         let addr = i.address.as_deref().expect("address");
         assert!(addr.ends_with(":8080"), "{addr}");
         let (status, body) = http(addr, "/index.html").expect("httpd answers");
-        assert_eq!((status, body.trim()), (200, "chain test page"));
+        assert_eq!((status, body.trim()), (200, "chain bind mount page"));
         let id = i.container.as_deref().expect("container id");
         let inspect = docker::inspect(id);
         assert_eq!(inspect["HostConfig"]["NanoCpus"], 500_000_000, "{inspect}");
         assert_eq!(inspect["HostConfig"]["Memory"], 64 << 20);
+        assert_eq!(inspect["HostConfig"]["ReadonlyRootfs"], true);
+        assert_eq!(inspect["HostConfig"]["Init"], true);
+        assert_eq!(inspect["Config"]["User"], "1000:1000");
+        let mounts = inspect["Mounts"].as_array().expect("mounts");
+        assert!(
+            mounts
+                .iter()
+                .any(|m| m["Destination"] == "/www" && m["Type"] == "bind" && m["RW"] == false),
+            "{mounts:?}"
+        );
         assert!(inspect["HostConfig"]["RestartPolicy"]["Name"]
             .as_str()
             .is_none_or(|n| n.is_empty() || n == "no"));
