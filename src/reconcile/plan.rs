@@ -942,6 +942,114 @@ mod tests {
         );
     }
 
+    /// Blue-green fails at every phase: a new instance failing while the set starts, the
+    /// deadline with part of the set still starting, the verify probe, a new instance failing
+    /// after the switch (the old set is still there to go back to) and while the old set
+    /// drains; and a deadline that passes while only the drain is left aborts nothing.
+    #[test]
+    fn blue_green_fails_at_every_phase() {
+        let old = |i, g, phase| inst(i, g, 1, phase);
+        let bg = |verify, switched| Want {
+            rollout: Rollout::BlueGreen,
+            tracked: Some(Tracked {
+                verify,
+                switched,
+                ..tracked(0)
+            }),
+            ..want(2, 2)
+        };
+        let ready = Phase::Ready;
+        // (phase, now, wanted, instances, expected actions)
+        type Case = (
+            &'static str,
+            u64,
+            Want,
+            Vec<InstView>,
+            &'static [&'static str],
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "starting",
+                10,
+                bg(Verify::None, false),
+                vec![
+                    old(0, 1, ready),
+                    old(1, 2, ready),
+                    inst(0, 3, 2, Phase::Failed),
+                    inst(1, 4, 2, Phase::Starting),
+                ],
+                &["abort web: Failed { index: 0, generation: 3 }"],
+            ),
+            (
+                "deadline while starting",
+                61,
+                bg(Verify::None, false),
+                vec![
+                    old(0, 1, ready),
+                    old(1, 2, ready),
+                    fresh(0, 3, 2, 5),
+                    inst(1, 4, 2, Phase::Starting),
+                ],
+                &["abort web: Deadline"],
+            ),
+            (
+                "verify",
+                20,
+                bg(Verify::Failed, false),
+                vec![
+                    old(0, 1, ready),
+                    old(1, 2, ready),
+                    fresh(0, 3, 2, 5),
+                    fresh(1, 4, 2, 5),
+                ],
+                &["abort web: Verify"],
+            ),
+            (
+                "after the switch",
+                20,
+                bg(Verify::Passed, true),
+                vec![
+                    old(0, 1, ready),
+                    old(1, 2, ready),
+                    inst(0, 3, 2, Phase::Failed),
+                    fresh(1, 4, 2, 5),
+                ],
+                &["abort web: Failed { index: 0, generation: 3 }"],
+            ),
+            (
+                "while the old set drains",
+                20,
+                bg(Verify::Passed, true),
+                vec![
+                    old(0, 1, Phase::Draining),
+                    old(1, 2, Phase::Draining),
+                    fresh(0, 3, 2, 5),
+                    inst(1, 4, 2, Phase::Failed),
+                ],
+                &["abort web: Failed { index: 1, generation: 4 }"],
+            ),
+            (
+                "deadline with only the drain left",
+                61,
+                bg(Verify::Passed, true),
+                vec![
+                    old(0, 1, Phase::Draining),
+                    old(1, 2, Phase::Draining),
+                    fresh(0, 3, 2, 5),
+                    fresh(1, 4, 2, 5),
+                ],
+                &[],
+            ),
+        ];
+        for (phase, now, w, instances, expect) in cases {
+            assert_eq!(
+                show(&plan(&[unit("web", Some(w), instances)], false, at(now))),
+                expect,
+                "phase: {phase}"
+            );
+        }
+    }
+
     /// After an abort the wanted deployment is the old one again: the new instances stop.
     #[test]
     fn aborted_instances_stop() {
