@@ -445,35 +445,12 @@ fn rollback_and_instant_rollback() {
         .any(|e| e.message.contains("instant rollback")));
 }
 
-/// chaind killed in the middle of a blue-green deploy and started again: the deploy resumes
-/// and ends with one consistent set, and no instance is left from an orphaned half-set.
-#[test]
-fn chaind_killed_mid_deploy_ends_consistent() {
-    let (mut d, addr) = start(
-        2,
-        "[deploy]\nstrategy = \"blue-green\"\nhealthy_deadline = \"1m\"",
-    );
-    d.ctl_ok(&[
-        "deploy",
-        "web",
-        "--set",
-        "env.VERSION=v2",
-        "--set",
-        "env.STARTUP_DELAY_MS=1500",
-    ]);
-    eventually(Duration::from_secs(10), "green set starting", || {
-        (d.instances("web").len() == 4).then_some(())
-    });
-    d.kill9();
-    d.spawn();
-    eventually(Duration::from_secs(30), "one consistent set", || {
-        let v = d.instances("web");
-        (v.len() == 2 && v.iter().all(|i| i.routed) && versions_served(&d) == ["v2", "v2"])
-            .then_some(())
-    });
-    // Exactly two demo processes exist for this daemon: nothing left from the other set.
-    eventually(Duration::from_secs(10), "old set gone", || {
-        let holders = std::fs::read_dir("/proc").unwrap().flatten().filter(|p| {
+/// The demo processes this daemon's instances run (found by their log FIFOs under the root).
+fn demo_processes(d: &TestDaemon) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|p| {
             std::fs::read_to_string(p.path().join("comm")).is_ok_and(|c| c.trim() == "demo")
                 && std::fs::read_dir(p.path().join("fd")).is_ok_and(|fds| {
                     fds.flatten().any(|fd| {
@@ -481,18 +458,52 @@ fn chaind_killed_mid_deploy_ends_consistent() {
                             .is_ok_and(|l| l.starts_with(d.root.join("run")))
                     })
                 })
+        })
+        .count()
+}
+
+/// chaind killed in the middle of a deploy (blue-green: the green set starting; rolling: the
+/// first replacement starting) and started again: the deploy resumes and ends with one
+/// consistent set of the new version, and no instance is left from an orphaned half-set.
+#[test]
+fn chaind_killed_mid_deploy_ends_consistent() {
+    for (strategy, during) in [("blue-green", 4), ("rolling", 3)] {
+        let (mut d, _) = start(
+            2,
+            &format!("[deploy]\nstrategy = \"{strategy}\"\nhealthy_deadline = \"1m\""),
+        );
+        d.ctl_ok(&[
+            "deploy",
+            "web",
+            "--set",
+            "env.VERSION=v2",
+            "--set",
+            "env.STARTUP_DELAY_MS=1500",
+        ]);
+        eventually(Duration::from_secs(10), "new instances starting", || {
+            (d.instances("web").len() == during).then_some(())
         });
-        (holders.count() == 2).then_some(())
-    });
-    // The restarted chaind listens on a new port.
-    let _ = addr;
-    assert_eq!(
-        KeepAlive::tls(d.https_addr(), localhost_tls(&d))
-            .get("/")
-            .unwrap()
-            .text(),
-        "v2\n"
-    );
-    let last = history(&d).pop().unwrap();
-    assert_eq!(last.outcome, "succeeded");
+        d.kill9();
+        d.spawn();
+        eventually(Duration::from_secs(30), "one consistent set", || {
+            let v = d.instances("web");
+            (v.len() == 2 && v.iter().all(|i| i.routed) && versions_served(&d) == ["v2", "v2"])
+                .then_some(())
+        });
+        // Exactly two demo processes exist for this daemon: nothing left from the other set.
+        eventually(Duration::from_secs(10), "old set gone", || {
+            (demo_processes(&d) == 2).then_some(())
+        });
+        // The restarted chaind listens on a new port.
+        assert_eq!(
+            KeepAlive::tls(d.https_addr(), localhost_tls(&d))
+                .get("/")
+                .unwrap()
+                .text(),
+            "v2\n",
+            "{strategy}"
+        );
+        let last = history(&d).pop().unwrap();
+        assert_eq!(last.outcome, "succeeded", "{strategy}");
+    }
 }
