@@ -229,19 +229,13 @@ fn strategy_flag_overrides_the_file_once() {
     );
 }
 
-/// A version that never gets healthy: the deploy fails at healthy_deadline, `deploy --wait`
-/// exits non-zero and says why, the old version keeps serving throughout (no failed request),
-/// the new instances are removed, and the file revision is held (diff shows it).
-#[test]
-fn never_healthy_version_aborts_and_old_keeps_serving() {
-    let flag = tempfile::tempdir().unwrap();
-    std::fs::write(flag.path().join("sick"), "").unwrap();
-    let (d, addr) = start(2, "[deploy]\nhealthy_deadline = \"3s\"");
-    let before: Vec<_> = d.instances("web").iter().map(|i| i.pid).collect();
-    let load = load(&d, addr, 2);
-    load.wait_for_more(100);
-    let sick = format!("env.UNHEALTHY_FILE={}", flag.path().join("sick").display());
-    let out = d.ctl(&[
+/// `chainctl deploy web --wait` of v2 with a version that never gets healthy (its /health
+/// answers 503 while a flag file exists); returns chainctl's output.
+fn deploy_never_healthy(d: &TestDaemon) -> std::process::Output {
+    let flag = d.dir.path().join("sick");
+    std::fs::write(&flag, "").unwrap();
+    let sick = format!("env.UNHEALTHY_FILE={}", flag.display());
+    d.ctl(&[
         "deploy",
         "web",
         "--set",
@@ -249,7 +243,19 @@ fn never_healthy_version_aborts_and_old_keeps_serving() {
         "--set",
         &sick,
         "--wait",
-    ]);
+    ])
+}
+
+/// A version that never gets healthy: the deploy fails at healthy_deadline, `deploy --wait`
+/// exits non-zero and says why, the old version keeps serving throughout (no failed request),
+/// the new instances are removed, and the file revision is held (diff shows it).
+#[test]
+fn never_healthy_version_aborts_and_old_keeps_serving() {
+    let (d, addr) = start(2, "[deploy]\nhealthy_deadline = \"3s\"");
+    let before: Vec<_> = d.instances("web").iter().map(|i| i.pid).collect();
+    let load = load(&d, addr, 2);
+    load.wait_for_more(100);
+    let out = deploy_never_healthy(&d);
     assert!(!out.status.success(), "a failed deploy must exit non-zero");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -294,22 +300,11 @@ fn never_healthy_version_aborts_and_old_keeps_serving() {
 /// keeps serving, the new instances stay for inspection, and `chainctl rollback` clears them.
 #[test]
 fn failed_deploy_halts_without_auto_rollback() {
-    let flag = tempfile::tempdir().unwrap();
-    std::fs::write(flag.path().join("sick"), "").unwrap();
     let (d, _) = start(
         2,
         "[deploy]\nstrategy = \"blue-green\"\nhealthy_deadline = \"2s\"\nauto_rollback = false",
     );
-    let sick = format!("env.UNHEALTHY_FILE={}", flag.path().join("sick").display());
-    let out = d.ctl(&[
-        "deploy",
-        "web",
-        "--set",
-        "env.VERSION=v2",
-        "--set",
-        &sick,
-        "--wait",
-    ]);
+    let out = deploy_never_healthy(&d);
     assert!(!out.status.success(), "a failed deploy must exit non-zero");
     let last = history(&d).pop().unwrap();
     assert_eq!(last.outcome, "halted");
