@@ -71,11 +71,12 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import BenchError, info, kill_ours, log, run_main  # noqa: E402
 # Shared, side-effect-free helpers of the process deploy benchmark: HTTPS client (SNI
 # bench.local), sampler, flip check, wrk output parser, free-port search, logging.
 from deploy_bench import (  # noqa: E402
-    HOST, BenchError, Conn, Sampler, answers, confirm, fmt_s, free_block, info, iso, log,
-    parse_iso, parse_wrk, short, wait_until)
+    HOST, Sampler, answers, confirm, fmt_s, free_block, iso, parse_iso, parse_wrk, short,
+    wait_until)
 
 MARK_VAR = "BENCH_CONTAINERS_RUN"
 QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")
@@ -105,31 +106,6 @@ def ms_of(duration):
     if not m:
         raise BenchError(f"bad interval {duration!r} in BENCH_HEALTH_INTERVALS (use e.g. 1s or 250ms)")
     return float(m.group(1)) * (1 if m.group(2) == "ms" else 1000)
-
-
-def our_pids(run):
-    """Every process started by this benchmark: marked environment, or cwd under the run dir."""
-    me = {os.getpid(), os.getppid()}
-    needle = f"{MARK_VAR}={run}".encode() + b"\0"
-    out = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit() or int(d) in me:
-            continue
-        pid = int(d)
-        try:
-            cwd = os.readlink(f"/proc/{pid}/cwd")
-        except OSError:
-            cwd = ""
-        if cwd == run or cwd.startswith(run + "/"):
-            out.append(pid)
-            continue
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                if needle in f.read() + b"\0":
-                    out.append(pid)
-        except OSError:
-            pass
-    return out
 
 
 def parse_time(s):
@@ -1061,14 +1037,7 @@ class Bench:
         if ids:
             log(f"cleanup: removing {len(set(ids))} leftover containers")
             subprocess.run(["docker", "rm", "-f", *sorted(set(ids))], capture_output=True, timeout=120)
-        left = our_pids(self.run)
-        if left:
-            log(f"cleanup: killing {len(left)} leftover processes {left[:10]}")
-            for p in left:
-                try:
-                    os.kill(p, signal.SIGKILL)
-                except OSError:
-                    pass
+        kill_ours(self.run, MARK_VAR)
 
 
 def main():
@@ -1078,27 +1047,9 @@ def main():
     ap.add_argument("--image", required=True)
     ap.add_argument("--run-id", required=True)
     args = ap.parse_args()
-
-    def on_signal(signum, _frame):
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGHUP, on_signal)
-
-    bench = None
-    try:
-        for x in HEALTH_INTERVALS:
-            ms_of(x)
-        bench = Bench(args.bin, args.run, args.image, args.run_id)
-        bench.main()
-    except BenchError as e:
-        print(f"ERROR {e}", file=sys.stderr, flush=True)
-        return 1
-    finally:
-        if bench:
-            bench.cleanup()
-    return 0
+    for x in HEALTH_INTERVALS:
+        ms_of(x)
+    return run_main(lambda: Bench(args.bin, args.run, args.image, args.run_id))
 
 
 if __name__ == "__main__":

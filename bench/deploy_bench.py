@@ -52,6 +52,8 @@ import sys
 import threading
 import time
 
+from benchlib import BenchError, children, comm, info, kill_ours, log, run_main
+
 MARK_VAR = "BENCH_DEPLOY_RUN"
 QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")
 DEPLOYS = int(os.environ.get("BENCH_DEPLOYS", "4" if QUICK else "20"))
@@ -81,19 +83,6 @@ TLS.check_hostname = False
 TLS.verify_mode = ssl.CERT_NONE
 
 
-class BenchError(Exception):
-    pass
-
-
-def log(msg):
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def info(key, **kv):
-    """Machine-greppable detail lines: `INFO key k=v ...`."""
-    print("INFO " + key + " " + " ".join(f"{k}={v}" for k, v in kv.items()), flush=True)
-
-
 def iso(t):
     """Wall-clock time as the access log and chaind's events write it (UTC, milliseconds)."""
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t * 1000) % 1000:03d}Z"
@@ -117,31 +106,6 @@ def fmt_s(xs):
 
 # ---------------------------------------------------------------------------------------------
 # /proc and port helpers
-
-
-def our_pids(run):
-    """Every process started by this benchmark: marked environment, or cwd under the run dir."""
-    me = {os.getpid(), os.getppid()}
-    needle = f"{MARK_VAR}={run}".encode() + b"\0"
-    out = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit() or int(d) in me:
-            continue
-        pid = int(d)
-        try:
-            cwd = os.readlink(f"/proc/{pid}/cwd")
-        except OSError:
-            cwd = ""
-        if cwd == run or cwd.startswith(run + "/"):
-            out.append(pid)
-            continue
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                if needle in f.read() + b"\0":
-                    out.append(pid)
-        except OSError:
-            pass
-    return out
 
 
 def port_free(port):
@@ -252,28 +216,6 @@ class SlowClient(threading.Thread):
                 # two targets stay comparable (an instant 502 would otherwise be retried in a loop).
                 self.stop_flag.wait(max(0.0, t0 + SLOW_MS / 1000 - time.time()))
         c.close()
-
-
-def children(pid):
-    kids = set()
-    try:
-        for t in os.listdir(f"/proc/{pid}/task"):
-            try:
-                with open(f"/proc/{pid}/task/{t}/children") as f:
-                    kids.update(int(x) for x in f.read().split())
-            except OSError:
-                pass
-    except OSError:
-        pass
-    return kids
-
-
-def comm(pid):
-    try:
-        with open(f"/proc/{pid}/comm") as f:
-            return f.read().strip()
-    except OSError:
-        return None
 
 
 class ProcessCounter(threading.Thread):
@@ -955,14 +897,7 @@ class Bench:
                 t.stop()
             except Exception as e:  # noqa: BLE001 - keep cleaning
                 log(f"WARN stopping {t.label}: {e}")
-        left = our_pids(self.run)
-        if left:
-            log(f"cleanup: killing {len(left)} leftover processes {left[:10]}")
-            for p in left:
-                try:
-                    os.kill(p, signal.SIGKILL)
-                except OSError:
-                    pass
+        kill_ours(self.run, MARK_VAR)
 
 
 def main():
@@ -970,25 +905,7 @@ def main():
     ap.add_argument("--bin", required=True)
     ap.add_argument("--run", required=True)
     args = ap.parse_args()
-
-    def on_signal(signum, _frame):
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGHUP, on_signal)
-
-    bench = None
-    try:
-        bench = Bench(args.bin, args.run)
-        bench.main()
-    except BenchError as e:
-        print(f"ERROR {e}", file=sys.stderr, flush=True)
-        return 1
-    finally:
-        if bench:
-            bench.cleanup()
-    return 0
+    return run_main(lambda: Bench(args.bin, args.run))
 
 
 if __name__ == "__main__":

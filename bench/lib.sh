@@ -95,6 +95,16 @@ bench_cleanup() {
     fi
 }
 
+# Runs the script's cleanup function on exit, and turns INT, TERM and HUP into an exit (with
+# the conventional status) so that it runs then too.
+bench_traps() {
+    # shellcheck disable=SC2064
+    trap "$1" EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+    trap 'exit 129' HUP
+}
+
 # Copies binaries into $RUN/bin: other builds in the same target directory must not swap them
 # mid-run.
 bench_copy_bins() {

@@ -56,10 +56,7 @@ cleanup() {
     bench_cleanup "$py_pid" 300
     exit "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-trap 'exit 129' HUP
+bench_traps cleanup
 
 bench_hosts_add
 bench_copy_bins "$bindir/chaind" "$bindir/chainctl"

@@ -52,6 +52,8 @@ import subprocess
 import sys
 import time
 
+from benchlib import BenchError, children, info, kill_ours, log, run_main
+
 MARK_VAR = "BENCH_PROXY_RUN"
 QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")
 RUNS = int(os.environ.get("BENCH_RUNS", "1" if QUICK else "3"))
@@ -84,19 +86,6 @@ ROW_TITLE = {
 }
 
 
-class BenchError(Exception):
-    pass
-
-
-def log(msg):
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def info(key, **kv):
-    """Machine-greppable detail lines: `INFO key k=v ...`."""
-    print("INFO " + key + " " + " ".join(f"{k}={v}" for k, v in kv.items()), flush=True)
-
-
 # ---------------------------------------------------------------------------------------------
 # /proc helpers
 
@@ -109,20 +98,6 @@ def cpu_ticks(pid):
     except OSError:
         return 0
     return int(rest[11]) + int(rest[12])
-
-
-def children(pid):
-    kids = set()
-    try:
-        for t in os.listdir(f"/proc/{pid}/task"):
-            try:
-                with open(f"/proc/{pid}/task/{t}/children") as f:
-                    kids.update(int(x) for x in f.read().split())
-            except OSError:
-                pass
-    except OSError:
-        pass
-    return kids
 
 
 def alive(pid):
@@ -164,31 +139,6 @@ def host_cpu():
 def loadavg():
     with open("/proc/loadavg") as f:
         return f.read().split()[0]
-
-
-def our_pids(run):
-    """Every process started by this benchmark: marked environment, or cwd under the run dir."""
-    me = {os.getpid(), os.getppid()}
-    needle = f"{MARK_VAR}={run}".encode() + b"\0"
-    out = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit() or int(d) in me:
-            continue
-        pid = int(d)
-        try:
-            cwd = os.readlink(f"/proc/{pid}/cwd")
-        except OSError:
-            cwd = ""
-        if cwd == run or cwd.startswith(run + "/"):
-            out.append(pid)
-            continue
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                if needle in f.read() + b"\0":
-                    out.append(pid)
-        except OSError:
-            pass
-    return out
 
 
 def port_free(port):
@@ -717,6 +667,13 @@ http {{
             if p:
                 p.stop()
 
+    def cleanup(self):
+        try:
+            self.stop_all()
+        except Exception as e:  # noqa: BLE001 - keep cleaning
+            log(f"WARN stopping proxies: {e}")
+        kill_ours(self.run, MARK_VAR)
+
     def verify(self, workers):
         """Same certificate, TLS 1.3, ALPN h2, 200 ok everywhere; shows the headers each adds."""
         for name, p in self.proxies.items():
@@ -988,36 +945,7 @@ def main():
     ap.add_argument("--bin", required=True)
     ap.add_argument("--run", required=True)
     args = ap.parse_args()
-
-    def on_signal(signum, _frame):
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGHUP, on_signal)
-
-    bench = None
-    try:
-        bench = Bench(args.bin, args.run)
-        bench.main()
-    except BenchError as e:
-        print(f"ERROR {e}", file=sys.stderr, flush=True)
-        return 1
-    finally:
-        if bench:
-            try:
-                bench.stop_all()
-            except Exception as e:  # keep cleaning
-                log(f"WARN stopping proxies: {e}")
-            left = our_pids(bench.run)
-            if left:
-                log(f"cleanup: killing {len(left)} leftover processes {left[:10]}")
-                for p in left:
-                    try:
-                        os.kill(p, signal.SIGKILL)
-                    except OSError:
-                        pass
-    return 0
+    return run_main(lambda: Bench(args.bin, args.run))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ import subprocess
 import sys
 import time
 
+from benchlib import BenchError, comm, info, log, run_main
+
 MARK_VAR = "BENCH_SUPERVISE_RUN"
 QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")
 N = int(os.environ.get("BENCH_N", "100"))
@@ -42,19 +44,6 @@ LOG_SECONDS = 10
 VERSION = "v1"
 
 random.seed(12345)
-
-
-class BenchError(Exception):
-    pass
-
-
-def log(msg):
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def info(key, **kv):
-    """Machine-greppable detail lines: `INFO key k=v ...`."""
-    print("INFO " + key + " " + " ".join(f"{k}={v}" for k, v in kv.items()), flush=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -98,14 +87,6 @@ def state_of(pid):
 def alive(pid):
     s = state_of(pid)
     return s is not None and s != "Z"
-
-
-def comm(pid):
-    try:
-        with open(f"/proc/{pid}/comm") as f:
-            return f.read().strip()
-    except OSError:
-        return None
 
 
 def environ(pid):
@@ -1042,25 +1023,7 @@ def main():
     ap.add_argument("--bin", required=True)
     ap.add_argument("--run", required=True)
     args = ap.parse_args()
-
-    def on_signal(signum, _frame):
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGHUP, on_signal)
-
-    bench = None
-    try:
-        bench = Bench(args.bin, args.run)
-        bench.main()
-    except BenchError as e:
-        print(f"ERROR {e}", file=sys.stderr, flush=True)
-        return 1
-    finally:
-        if bench:
-            bench.cleanup()
-    return 0
+    return run_main(lambda: Bench(args.bin, args.run))
 
 
 if __name__ == "__main__":

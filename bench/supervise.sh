@@ -45,10 +45,7 @@ cleanup() {
     bench_cleanup "$py_pid" 100
     exit "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-trap 'exit 129' HUP
+bench_traps cleanup
 
 bench_copy_bins target/release/chaind target/release/chainctl target/release/examples/demo \
     target/release/examples/logspam
