@@ -113,7 +113,6 @@ async fn forward(
         }
     }
     let (parts, body) = req.into_parts();
-    let retry_path = (parts.uri.path() != "/").then(|| parts.uri.clone());
     let uri = upstream_uri(&parts.uri, &spec.path, spec.strip_prefix)?;
     let mut headers = forwarded_headers(parts.headers, conn, &host, parts.uri.authority());
     if let Some(protocol) = &upgrade {
@@ -175,7 +174,7 @@ async fn forward(
                 tracing::debug!(unit = %up.unit, addr = %up.addr, error = %e, attempt, "cannot connect to upstream");
                 // Nothing reached the instance, so any request can go to another instance
                 // of the route as the current table has it (once).
-                let path = retry_path.as_ref().map_or("/", |u| u.path());
+                let path = parts.uri.path();
                 let next = (attempt == 0)
                     .then(|| {
                         shared
