@@ -250,6 +250,96 @@ fn oversized_heads_get_431() {
     assert_eq!(c.get("/").unwrap().status, 200);
 }
 
+/// Opens a connection, writes `bytes`, and returns how long until the proxy closed it.
+fn closed_after(addr: SocketAddr, bytes: &'static [u8]) -> std::thread::JoinHandle<Duration> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let t0 = Instant::now();
+    s.write_all(bytes).unwrap();
+    std::thread::spawn(move || {
+        let mut sink = Vec::new();
+        match s.read_to_end(&mut sink) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("not closed: {e} after {:?}", t0.elapsed()),
+        }
+        t0.elapsed()
+    })
+}
+
+const H2_PREFACE_AND_SETTINGS: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+/// The preface, an empty SETTINGS frame, then a HEADERS frame on stream 1 (GET / http,
+/// END_STREAM) without END_HEADERS: the head is never completed by a CONTINUATION.
+const H2_PARTIAL_HEADERS: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0\
+    \0\0\x03\x01\x01\0\0\0\x01\x82\x86\x84";
+
+/// HTTP/2 (prior knowledge on the plain listener, as h2load speaks it) is protected like
+/// HTTP/1.1: a connection that sends the preface and then nothing, and one that never
+/// completes a HEADERS frame, are closed after `header_read_timeout` (1 s here; GOAWAY, then
+/// a hard close another 1 s later for a client that ignores it); a request with more than
+/// `max_headers` (100) fields gets 431; a request that takes longer than the timeout is not
+/// cut, and its connection serves on.
+#[test]
+fn http2_heads_are_limited_and_idle_connections_closed() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let d = TestDaemon::start_full(
+        &[("web", &format!("{}\n[[route]]\n", demo_unit(1, "v1", "")))],
+        &[],
+        Some(&config("header_read_timeout = \"1s\"\n")),
+    );
+    d.wait_running("web", 1);
+    let addr = d.http_addr();
+    let mut c = KeepAlive::new(addr);
+    eventually(Duration::from_secs(10), "route in the table", || {
+        (c.get("/").ok()?.status == 200).then_some(())
+    });
+
+    let silent = closed_after(addr, H2_PREFACE_AND_SETTINGS);
+    let partial = closed_after(addr, H2_PARTIAL_HEADERS);
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let get = |path: &str, fields: usize| {
+            let mut b = hyper::Request::get(format!("http://localhost{path}"));
+            for i in 0..fields {
+                b = b.header(format!("x-h{i}"), "v");
+            }
+            b.body(Empty::<bytes::Bytes>::new()).unwrap()
+        };
+        let many = send.send_request(get("/", 120)).await.unwrap();
+        assert_eq!(many.status(), 431, "120 header fields");
+        let body = many.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"431 Request Header Fields Too Large\n");
+        let fine = send.send_request(get("/", 90)).await.unwrap();
+        assert_eq!(fine.status(), 200, "90 header fields");
+
+        let slow = send.send_request(get("/sleep?ms=2500", 0)).await.unwrap();
+        assert_eq!(slow.status(), 200, "a request longer than the timeout");
+        let body = slow.into_body().collect().await.unwrap().to_bytes();
+        assert!(!body.is_empty());
+        let after = send.send_request(get("/", 0)).await.unwrap();
+        assert_eq!(after.status(), 200, "the connection serves on");
+    });
+
+    for (what, t) in [("preface only", silent), ("unfinished HEADERS", partial)] {
+        let t = t.join().unwrap();
+        assert!(
+            t >= Duration::from_millis(900) && t < Duration::from_secs(5),
+            "{what}: closed after {t:?}, want 1-2 s"
+        );
+    }
+}
+
 /// xorshift64*: deterministic bytes from a printed seed, so a failure can be replayed.
 struct Rng(u64);
 

@@ -14,8 +14,9 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode, Uri};
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 
+use super::listen::Active;
 use super::pool::{SendError, Sender};
 use super::table::{Client, InflightGuard, Route};
 use super::Shared;
@@ -45,13 +46,16 @@ pub struct Conn {
     pub https: bool,
 }
 
+/// Answers one request. `active` counts as activity on the client connection until the
+/// response has been sent, body included (see `listen::run`).
 pub async fn handle(
     shared: Arc<Shared>,
     conn: Conn,
     req: Request<Incoming>,
+    active: Active,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let mut obs = shared.observe.start(conn.peer.ip(), &req);
-    let resp = match forward(&shared, conn, req, &mut obs).await {
+    let resp = match forward(&shared, conn, req, &mut obs, active).await {
         Ok(resp) => resp,
         Err(status) => plain(status),
     };
@@ -63,7 +67,13 @@ async fn forward(
     conn: Conn,
     req: Request<Incoming>,
     obs: &mut super::observe::Record<'_>,
+    active: Active,
 ) -> Result<Response<ProxyBody>, StatusCode> {
+    // hyper limits the number of header fields on HTTP/1.1 itself; HTTP/2 heads arrive whole
+    // (their size bounded by `max_header_list_size`), so their count is checked here.
+    if req.version() == Version::HTTP_2 && req.headers().len() > shared.max_headers {
+        return Err(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    }
     // ACME HTTP-01 validation, before routes and redirects (a string prefix test otherwise).
     if !conn.https {
         if let Some(resp) = super::acme::answer(&shared.acme, &req) {
@@ -149,7 +159,7 @@ async fn forward(
                     }
                 }
                 let id = up.id;
-                let mut resp = response(resp, guard, sender);
+                let mut resp = response(resp, guard, sender, active);
                 if gzip {
                     resp = super::compress::maybe_gzip(resp);
                 }
@@ -302,13 +312,19 @@ fn security_headers(
     }
 }
 
-fn response(resp: Response<Incoming>, guard: InflightGuard, sender: Sender) -> Response<ProxyBody> {
+fn response(
+    resp: Response<Incoming>,
+    guard: InflightGuard,
+    sender: Sender,
+    active: Active,
+) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     let mut body = Guarded {
         inner: body,
         guard: Some(guard),
         conn: Some(sender),
+        _active: active,
     };
     // hyper does not poll a body that says it is empty (HEAD, 204, 304, Content-Length: 0).
     if body.inner.is_end_stream() {
@@ -326,6 +342,8 @@ struct Guarded {
     /// The upstream connection, released once the body has been read to its end; dropped
     /// (and so closed) when the body is not read to the end.
     conn: Option<Sender>,
+    /// Keeps the client connection from looking idle while the body streams.
+    _active: Active,
 }
 
 impl Guarded {

@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -210,7 +211,7 @@ async fn serve(
         let _ = stream.set_nodelay(true);
         let (shared, tls, stop, builder) =
             (shared.clone(), tls.clone(), stop.clone(), builder.clone());
-        let handshake_timeout = cfg.handshake_timeout;
+        let (handshake_timeout, idle) = (cfg.handshake_timeout, cfg.header_read_timeout);
         connections.spawn(async move {
             let _slot = slot;
             match tls {
@@ -222,37 +223,111 @@ async fn serve(
                         return;
                     };
                     let conn = Conn { peer, https: true };
-                    run(builder, TokioIo::new(tls_stream), shared, conn, stop).await;
+                    let io = TokioIo::new(tls_stream);
+                    run(builder, io, shared, conn, idle, stop).await;
                 }
                 None => {
                     let conn = Conn { peer, https: false };
-                    run(builder, TokioIo::new(stream), shared, conn, stop).await;
+                    run(builder, TokioIo::new(stream), shared, conn, idle, stop).await;
                 }
             }
         });
     }
 }
 
+/// Serves one client connection until it ends, `stop`, or it has had no request in progress
+/// for `idle` (the header-read timeout).
+///
+/// hyper enforces the header-read timeout on HTTP/1.1 itself, but its HTTP/2 server has none:
+/// a client could hold a connection open forever by never completing a HEADERS frame, or by
+/// opening a connection and sending nothing after the preface. The idle watchdog closes such
+/// connections for both protocols alike, gracefully (GOAWAY on HTTP/2, so a client can retry
+/// what was not processed), and drops them `idle` later if the client does not cooperate.
 async fn run<I>(
     builder: Arc<auto::Builder<TokioExecutor>>,
     io: TokioIo<I>,
     shared: Arc<Shared>,
     conn: Conn,
+    idle: Duration,
     stop: CancellationToken,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let svc = hyper::service::service_fn(move |req| forward::handle(shared.clone(), conn, req));
+    let activity = Arc::new(Activity::new());
+    let seen = activity.clone();
+    let svc = hyper::service::service_fn(move |req| {
+        forward::handle(shared.clone(), conn, req, seen.begin())
+    });
     let c = builder.serve_connection_with_upgrades(io, svc);
     tokio::pin!(c);
-    tokio::select! {
-        r = c.as_mut() => if let Err(e) = r {
-            tracing::debug!(error = %e, peer = %conn.peer, "proxy connection ended");
-        },
-        _ = stop.cancelled() => {
-            c.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(Duration::from_secs(10), c).await;
+    let grace = tokio::select! {
+        r = c.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, peer = %conn.peer, "proxy connection ended");
+            }
+            return;
         }
+        _ = activity.idle_for(idle) => {
+            tracing::debug!(peer = %conn.peer, "closing a connection without requests");
+            idle
+        }
+        _ = stop.cancelled() => Duration::from_secs(10),
+    };
+    c.as_mut().graceful_shutdown();
+    let _ = tokio::time::timeout(grace, c).await;
+}
+
+/// Requests in progress on one client connection, and when the last one ended.
+pub struct Activity {
+    start: tokio::time::Instant,
+    open: AtomicU32,
+    /// Milliseconds from `start` to the end of the latest request.
+    last_end_ms: AtomicU64,
+}
+
+/// One request being served; counts as activity until dropped.
+pub struct Active(Arc<Activity>);
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            start: tokio::time::Instant::now(),
+            open: AtomicU32::new(0),
+            last_end_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn begin(self: &Arc<Self>) -> Active {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        Active(self.clone())
+    }
+
+    /// Resolves once no request has been in progress for `limit`: `limit` after the start
+    /// or after the end of the latest request, whichever is later. While requests are in
+    /// progress it looks again every `limit`.
+    async fn idle_for(&self, limit: Duration) {
+        let mut deadline = self.start + limit;
+        loop {
+            tokio::time::sleep_until(deadline).await;
+            let now = tokio::time::Instant::now();
+            if self.open.load(Ordering::Relaxed) > 0 {
+                deadline = now + limit;
+                continue;
+            }
+            let last = self.start + Duration::from_millis(self.last_end_ms.load(Ordering::Relaxed));
+            if last + limit <= now {
+                return;
+            }
+            deadline = last + limit;
+        }
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        let ms = self.0.start.elapsed().as_millis() as u64;
+        self.0.last_end_ms.store(ms, Ordering::Relaxed);
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

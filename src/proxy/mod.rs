@@ -55,6 +55,8 @@ pub struct Shared {
     /// Bumped whenever an upstream is retired or forgotten: each proxy worker then closes its
     /// idle connections to instances that are leaving (see `pool`).
     retired: watch::Sender<u64>,
+    /// Most header fields an HTTP/2 request may carry (hyper counts HTTP/1.1's itself).
+    max_headers: usize,
 }
 
 impl Shared {
@@ -111,6 +113,7 @@ impl Proxy {
             acme: Arc::default(),
             observe: observer,
             retired: watch::channel(0).0,
+            max_headers: cfg.max_headers as usize,
         });
         let mut tasks = vec![tokio::spawn(build_tables(shared.clone(), snapshots))];
         let mut listeners = Vec::new();
