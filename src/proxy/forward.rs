@@ -5,7 +5,6 @@ use std::convert::Infallible;
 use std::error::Error as StdError;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -36,8 +35,6 @@ const HOP_BY_HOP: [&str; 8] = [
     "trailer",
     "transfer-encoding",
 ];
-
-static REQUEST_SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// The client connection a request came in on.
 #[derive(Debug, Clone, Copy)]
@@ -506,11 +503,24 @@ fn forwarded_headers(
     h
 }
 
-/// A fresh request id: 64 random bits and a 32-bit sequence number, in hex.
+/// A fresh request id in hex: 64 bits from a per-thread SplitMix64 stream seeded at random,
+/// and the thread's 32-bit request count. Unique, not secret; no system call and no shared
+/// counter per request (seeding from the clock and the pid each time cost a `getpid`).
 fn request_id() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let n = (u128::from(crate::store::random_u64()) << 32)
-        | u128::from(REQUEST_SEQ.fetch_add(1, Ordering::Relaxed) as u32);
+    thread_local! {
+        static STREAM: std::cell::Cell<(u64, u32)> =
+            std::cell::Cell::new((crate::store::random_u64(), 0));
+    }
+    let n = STREAM.with(|s| {
+        let (x, seq) = s.get();
+        let x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        s.set((x, seq.wrapping_add(1)));
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        (u128::from(z ^ (z >> 31)) << 32) | u128::from(seq)
+    });
     let mut buf = [0u8; 24];
     for (i, b) in buf.iter_mut().enumerate() {
         *b = HEX[((n >> (4 * (23 - i))) & 0xf) as usize];
@@ -558,6 +568,22 @@ pub fn plain(status: StatusCode) -> Response<ProxyBody> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Request ids are 24 hex digits and do not repeat, within a thread or across threads.
+    #[test]
+    fn request_ids_are_unique() {
+        let batch = || (0..20_000).map(|_| request_id()).collect::<Vec<_>>();
+        let other = std::thread::spawn(batch);
+        let mut ids = batch();
+        ids.extend(other.join().unwrap());
+        assert!(ids
+            .iter()
+            .all(|v| v.len() == 24 && v.as_bytes().iter().all(u8::is_ascii_hexdigit)));
+        let n = ids.len();
+        ids.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        ids.dedup();
+        assert_eq!(ids.len(), n);
+    }
 
     /// strip_prefix removes the route prefix and keeps the query.
     #[test]
