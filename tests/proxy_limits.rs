@@ -54,6 +54,23 @@ fn config(extra: &str) -> String {
     format!("[proxy]\nhttp = \"127.0.0.1:0\"\n{extra}")
 }
 
+/// chaind with one demo instance behind a catch-all route on a plain-HTTP listener, `extra`
+/// added to `[proxy]`; returns once the route answers, with the keep-alive client that saw it.
+fn routed_demo(extra: &str) -> (TestDaemon, SocketAddr, KeepAlive) {
+    let d = TestDaemon::start_full(
+        &[("web", &format!("{}\n[[route]]\n", demo_unit(1, "v1", "")))],
+        &[],
+        Some(&config(extra)),
+    );
+    d.wait_running("web", 1);
+    let addr = d.http_addr();
+    let mut c = KeepAlive::new(addr);
+    eventually(Duration::from_secs(10), "route in the table", || {
+        (c.get("/").ok()?.status == 200).then_some(())
+    });
+    (d, addr, c)
+}
+
 /// `/api` allows burst + 1 requests at once per client IP, then answers 429 with a short body
 /// and `Retry-After`; a token is back only after 1/rps; `/api/health` (a longer prefix
 /// without `rate_limit`) is exempt; another client IP has its own bucket.
@@ -113,17 +130,7 @@ fn rate_limit_per_route_and_client() {
 /// `header_read_timeout` (1 s here), while another client keeps being served throughout.
 #[test]
 fn slowloris_is_closed_at_header_read_timeout() {
-    let d = TestDaemon::start_full(
-        &[("web", &format!("{}\n[[route]]\n", demo_unit(1, "v1", "")))],
-        &[],
-        Some(&config("header_read_timeout = \"1s\"\n")),
-    );
-    d.wait_running("web", 1);
-    let addr = d.http_addr();
-    let mut c = KeepAlive::new(addr);
-    eventually(Duration::from_secs(10), "route in the table", || {
-        (c.get("/").ok()?.status == 200).then_some(())
-    });
+    let (_d, addr, mut c) = routed_demo("header_read_timeout = \"1s\"\n");
 
     let mut slow = TcpStream::connect(addr).unwrap();
     slow.set_read_timeout(Some(Duration::from_secs(10)))
@@ -164,17 +171,7 @@ fn slowloris_is_closed_at_header_read_timeout() {
 /// a connection closes.
 #[test]
 fn connections_per_ip_are_capped() {
-    let d = TestDaemon::start_full(
-        &[("web", &format!("{}\n[[route]]\n", demo_unit(1, "v1", "")))],
-        &[],
-        Some(&config("max_connections_per_ip = 2\n")),
-    );
-    d.wait_running("web", 1);
-    let addr = d.http_addr();
-    let mut a = KeepAlive::new(addr);
-    eventually(Duration::from_secs(10), "route in the table", || {
-        (a.get("/").ok()?.status == 200).then_some(())
-    });
+    let (_d, addr, mut a) = routed_demo("max_connections_per_ip = 2\n");
     let mut b = KeepAlive::new(addr);
     assert_eq!(b.get("/").unwrap().status, 200);
 
@@ -210,17 +207,7 @@ fn connections_per_ip_are_capped() {
 /// the same listener still works.
 #[test]
 fn oversized_heads_get_431() {
-    let d = TestDaemon::start_full(
-        &[("web", &format!("{}\n[[route]]\n", demo_unit(1, "v1", "")))],
-        &[],
-        Some(&config("")),
-    );
-    d.wait_running("web", 1);
-    let addr = d.http_addr();
-    let mut c = KeepAlive::new(addr);
-    eventually(Duration::from_secs(10), "route in the table", || {
-        (c.get("/").ok()?.status == 200).then_some(())
-    });
+    let (_d, addr, mut c) = routed_demo("");
 
     let big = format!(
         "GET / HTTP/1.1\r\nHost: localhost\r\nX-Big: {}\r\n\r\n",
@@ -283,17 +270,7 @@ const H2_PARTIAL_HEADERS: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0
 fn http2_heads_are_limited_and_idle_connections_closed() {
     use http_body_util::{BodyExt, Empty};
     use hyper_util::rt::{TokioExecutor, TokioIo};
-    let d = TestDaemon::start_full(
-        &[("web", &format!("{}\n[[route]]\n", demo_unit(1, "v1", "")))],
-        &[],
-        Some(&config("header_read_timeout = \"1s\"\n")),
-    );
-    d.wait_running("web", 1);
-    let addr = d.http_addr();
-    let mut c = KeepAlive::new(addr);
-    eventually(Duration::from_secs(10), "route in the table", || {
-        (c.get("/").ok()?.status == 200).then_some(())
-    });
+    let (_d, addr, _client) = routed_demo("header_read_timeout = \"1s\"\n");
 
     let silent = closed_after(addr, H2_PREFACE_AND_SETTINGS);
     let partial = closed_after(addr, H2_PARTIAL_HEADERS);
