@@ -71,6 +71,8 @@ pub struct TestDaemon {
     /// Set by `docker::Containers::of`: containers with this `chain.store` label are removed
     /// when the daemon is dropped (after chaind is gone).
     pub(crate) docker_store: std::sync::Mutex<Option<String>>,
+    /// The Docker network of this daemon's containers (`[docker] network`).
+    network: String,
 }
 
 impl TestDaemon {
@@ -92,10 +94,23 @@ impl TestDaemon {
         let root = dir.path().join("root");
         let units_dir = dir.path().join("units");
         std::fs::create_dir_all(&units_dir).unwrap();
-        if let Some(text) = config {
-            std::fs::create_dir_all(&root).unwrap();
-            std::fs::write(root.join("chaind.toml"), text).unwrap();
-        }
+        // The daemon's containers join a bridge network of its own, removed with it (see
+        // Drop): tests leave no network behind and never share one that another test removes.
+        let network = dir
+            .path()
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("tempdir name")
+            .to_string();
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(
+            root.join("chaind.toml"),
+            format!(
+                "{}\n[docker]\nnetwork = \"{network}\"\n",
+                config.unwrap_or_default()
+            ),
+        )
+        .unwrap();
         for (name, text) in units {
             std::fs::write(units_dir.join(format!("{name}.toml")), text).unwrap();
         }
@@ -108,6 +123,7 @@ impl TestDaemon {
             extra_args: args.iter().map(|s| s.to_string()).collect(),
             ports: port_window(),
             docker_store: std::sync::Mutex::new(None),
+            network,
         };
         d.spawn();
         d
@@ -269,6 +285,7 @@ impl Drop for TestDaemon {
         kill_holders(self.dir.path());
         if let Some(store) = self.docker_store.lock().ok().and_then(|s| s.clone()) {
             docker::remove_all(&store);
+            let _ = docker::docker(&["network", "rm", &self.network]);
         }
         if std::thread::panicking() {
             eprintln!(
