@@ -480,13 +480,7 @@ fn container_deploys_under_load() {
         d.ctl_ok(&["deploy", "web", "--set", "env.VERSION=v2", "--wait"]);
         load.wait_for_more(100);
         let reports = load.finish();
-        let (ok, failed, errors) = summarize(&reports);
-        assert_eq!(
-            failed,
-            0,
-            "{strategy}: {failed} of {} failed: {errors:?}",
-            ok + failed as u64
-        );
+        assert_no_failure(&reports, &format!("{strategy}: "));
         for r in &reports {
             assert_eq!(
                 (

@@ -90,13 +90,7 @@ fn rolling_deploy_under_load() {
     }
     load.wait_for_more(200);
     let reports = load.finish();
-    let (ok, failed, errors) = summarize(&reports);
-    assert_eq!(
-        failed,
-        0,
-        "{failed} of {} failed: {errors:?}",
-        ok + failed as u64
-    );
+    assert_no_failure(&reports, "");
     // Rolling serves both versions side by side for a while: each client starts on v1 and
     // ends on v2.
     for r in &reports {
@@ -151,13 +145,7 @@ fn blue_green_deploy_under_load() {
     });
     load.wait_for_more(200);
     let reports = load.finish();
-    let (ok, failed, errors) = summarize(&reports);
-    assert_eq!(
-        failed,
-        0,
-        "{failed} of {} failed: {errors:?}",
-        ok + failed as u64
-    );
+    assert_no_failure(&reports, "");
     assert_single_flip(&reports);
     assert_eq!(versions_served(&d), ["v2", "v2"]);
     let last = history(&d).pop().unwrap();
@@ -190,13 +178,7 @@ fn strategy_flag_overrides_the_file_once() {
     ]);
     load.wait_for_more(200);
     let reports = load.finish();
-    let (ok, failed, errors) = summarize(&reports);
-    assert_eq!(
-        failed,
-        0,
-        "{failed} of {} failed: {errors:?}",
-        ok + failed as u64
-    );
+    assert_no_failure(&reports, "");
     assert_single_flip(&reports);
     assert!(d
         .events("web")
@@ -263,13 +245,7 @@ fn never_healthy_version_aborts_and_old_keeps_serving() {
         "{err}"
     );
     load.wait_for_more(100);
-    let (ok, failed, errors) = summarize(&load.finish());
-    assert_eq!(
-        failed,
-        0,
-        "{failed} of {} failed: {errors:?}",
-        ok + failed as u64
-    );
+    assert_no_failure(&load.finish(), "");
     eventually(Duration::from_secs(10), "new instances removed", || {
         (d.instances("web").len() == 2).then_some(())
     });

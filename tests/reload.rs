@@ -23,18 +23,6 @@ fn start() -> (
     (d, addr, tls)
 }
 
-fn assert_no_failure(reports: &[ClientReport]) -> u64 {
-    let (ok, failed, errors) = summarize(reports);
-    assert_eq!(
-        failed,
-        0,
-        "{failed} of {} requests failed: {:?}",
-        ok + failed as u64,
-        &errors[..errors.len().min(10)]
-    );
-    ok
-}
-
 fn unit(version: &str) -> String {
     format!(
         "{}\n[[route]]\npath = \"/\"\n",
@@ -58,7 +46,7 @@ fn reload_under_load_drops_nothing() {
         d.ctl_ok(&["reload", "web"]);
     }
     l.wait_for_more(200);
-    let ok = assert_no_failure(&l.finish());
+    let ok = assert_no_failure(&l.finish(), "");
     let after = d.wait_running("web", 2);
     assert!(after.iter().all(|a| before.iter().all(|b| a.pid != b.pid)));
     eprintln!("reload under load: {ok} requests, 0 failed");
@@ -77,7 +65,7 @@ fn edit_under_load_flips_version_without_errors() {
         let settled = d.instances("web").len() == 2;
         (all_v2 && settled).then_some(())
     });
-    assert_no_failure(&l.finish());
+    assert_no_failure(&l.finish(), "");
 }
 
 /// A slow request running on an old instance finishes (200) while the instance is replaced:
@@ -161,7 +149,7 @@ fn replaced_instance_gets_its_idle_connections_closed() {
     // Several clients at once, so that the proxy pools connections to both instances.
     let l = Load::start(d.http_addr(), 4, "/");
     l.wait_for_more(100);
-    assert_no_failure(&l.finish());
+    assert_no_failure(&l.finish(), "");
     d.ctl_ok(&["reload", "web"]);
     eventually(Duration::from_secs(15), "replaced instances exited", || {
         before

@@ -826,3 +826,16 @@ pub fn summarize(reports: &[ClientReport]) -> (u64, usize, Vec<String>) {
     let failed = errors.len();
     (ok, failed, errors.into_iter().take(10).collect())
 }
+
+/// Asserts that no request of the load failed (`what` prefixes the message); returns the
+/// number that succeeded.
+pub fn assert_no_failure(reports: &[ClientReport], what: &str) -> u64 {
+    let (ok, failed, errors) = summarize(reports);
+    assert_eq!(
+        failed,
+        0,
+        "{what}{failed} of {} requests failed: {errors:?}",
+        ok + failed as u64
+    );
+    ok
+}
