@@ -75,8 +75,8 @@ from benchlib import BenchError, info, kill_ours, log, run_main  # noqa: E402
 # Shared, side-effect-free helpers of the process deploy benchmark: HTTPS client (SNI
 # bench.local), sampler, flip check, wrk output parser, free-port search, logging.
 from deploy_bench import (  # noqa: E402
-    HOST, Sampler, answers, confirm, fmt_s, free_block, iso, parse_iso, parse_wrk, short,
-    wait_until)
+    HOST, Sampler, answers, confirm, fmt_s, free_block, iso, log_sizes, nginx_failures, parse_iso,
+    parse_wrk, short, wait_until, write_nginx_conf)
 
 MARK_VAR = "BENCH_CONTAINERS_RUN"
 QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")
@@ -96,8 +96,6 @@ POLL = 0.05
 START_TIMEOUT = 180
 DEPLOY_TIMEOUT = 300
 SETTLE = 2.0  # pause after a teardown, before the next start run
-NGINX_SERVER_PARAMS = " " + os.environ.get("BENCH_NGINX_SERVER", "max_fails=0").strip()
-NGINX_SERVER_PARAMS = NGINX_SERVER_PARAMS.rstrip()
 
 
 def ms_of(duration):
@@ -691,44 +689,9 @@ class Compose(Side):
             raise BenchError(f"compose up failed:\n{(r.stdout + r.stderr).decode(errors='replace')[-2000:]}")
         wait_until(lambda: len(self.project_ids(self.deploy_project, "--filter", "health=healthy")) == INSTANCES,
                    90, f"{INSTANCES} healthy compose containers")
-        tmp = "\n".join(f"  {k}_temp_path {self.ngx}/tmp_{k};" for k in
-                        ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-        servers = "\n".join(f"    server 127.0.0.1:{p}{NGINX_SERVER_PARAMS};" for p in ports)
-        self.nginx_conf = os.path.join(self.ngx, "nginx.conf")
-        with open(self.nginx_conf, "w") as f:
-            # As in bench/deploy_bench.py: 2 workers, keep-alive to the upstreams, nginx's default
-            # proxy_next_upstream (a GET that cannot connect is retried on the next server) and
-            # max_fails=0 (NGINX_SERVER_PARAMS) so that nginx keeps trying every server.
-            f.write(f"""worker_processes 2;
-pid {self.ngx}/nginx.pid;
-error_log {self.error_log} warn;
-events {{ worker_connections 10240; }}
-http {{
-  log_format bench '$msec $status $request_uri $upstream_addr $upstream_status $request_time';
-  access_log {self.access_log} bench;
-{tmp}
-  keepalive_timeout 300s;
-  keepalive_requests 100000000;
-  upstream web {{
-{servers}
-    keepalive 64;
-  }}
-  server {{
-    listen 127.0.0.1:{self.port} ssl;
-    server_name {HOST};
-    ssl_certificate {b.cert};
-    ssl_certificate_key {b.key};
-    location / {{
-      proxy_pass http://web;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Host $http_host;
-      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-      proxy_set_header X-Forwarded-Proto $scheme;
-    }}
-  }}
-}}
-""")
+        # As bench/deploy_bench.py configures nginx in front of supervisord.
+        self.nginx_conf = write_nginx_conf(self.ngx, self.error_log, self.access_log, self.port,
+                                           b.cert, b.key, ports)
         self.spawn("nginx", [b.nginx, "-e", self.error_log, "-c", self.nginx_conf, "-g", "daemon off;"])
         wait_until(lambda: answers(self.port, "v1"), 30, "nginx to answer v1", check=self.check_alive)
         # With the engine's default userland-proxy, connections to a port published on 127.0.0.1
@@ -747,45 +710,10 @@ http {{
         return r.returncode == 0, out
 
     def mark_start(self):
-        def size(p):
-            try:
-                return os.path.getsize(p)
-            except OSError:
-                return 0
-        self.offsets = (size(self.access_log), size(self.error_log))
+        self.offsets = log_sizes(self.access_log, self.error_log)
 
     def analyse(self, name, deploys):
-        time.sleep(0.5)
-        bad, total = [], 0
-        try:
-            with open(self.access_log, errors="replace") as f:
-                f.seek(self.offsets[0])
-                for line in f:
-                    parts = line.split()
-                    if len(parts) < 6:
-                        continue
-                    total += 1
-                    if not parts[1].startswith("2"):
-                        bad.append(parts)
-        except OSError as e:
-            info("access_log", run=name, error=short(e))
-        kinds = collections.Counter((p[1], p[2].split("?")[0].strip("/") or "root") for p in bad)
-        info("access_log", run=name, lines=total, not_2xx=len(bad),
-             **{f"{s}_{path}": n for (s, path), n in sorted(kinds.items(), key=lambda kv: -kv[1])})
-        cats = collections.Counter()
-        try:
-            with open(self.error_log, errors="replace") as f:
-                f.seek(self.offsets[1])
-                for line in f:
-                    m = re.search(r"\[(\w+)\] \d+#\d+: \*?\d* ?(.*?)(?: while |, client:|$)", line)
-                    if m:
-                        msg = re.sub(r"\d+\.\d+\.\d+\.\d+:\d+", "ADDR", m.group(2))
-                        msg = re.sub(r"\(\d+: ", "(", msg)
-                        cats[f"{m.group(1)}:{msg}"[:70]] += 1
-        except OSError:
-            pass
-        for k, n in cats.most_common(8):
-            info("nginx_error_log", run=name, count=n, message=k.replace(" ", "_"))
+        bad = nginx_failures(name, self.access_log, self.error_log, self.offsets)
         # Outage per deploy: first to last failed response within each deploy's window.
         spans = collections.defaultdict(list)
         for p in bad:

@@ -572,45 +572,8 @@ class Supervisord(Target):
                 f"autorestart=true\nredirect_stderr=true\n"
                 f"stdout_logfile={self.dir}/web_%(process_num)d.log\n\n"
             )
-        tmp = "\n".join(f"  {k}_temp_path {self.ngx}/tmp_{k};" for k in
-                        ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-        servers = "\n".join(f"    server 127.0.0.1:{p}{NGINX_SERVER_PARAMS};" for p in self.ports)
-        self.nginx_conf = os.path.join(self.ngx, "nginx.conf")
-        with open(self.nginx_conf, "w") as f:
-            # Like chaind: 2 workers (chaind's default worker_threads on 2 cores), keep-alive to
-            # the upstreams, Host and X-Forwarded-* passed on. Everything else is nginx's default,
-            # in particular proxy_next_upstream "error timeout" (a GET that cannot connect is
-            # retried on the next server), except the servers' max_fails (NGINX_SERVER_PARAMS).
-            f.write(f"""worker_processes 2;
-pid {self.ngx}/nginx.pid;
-error_log {self.error_log} warn;
-events {{ worker_connections 10240; }}
-http {{
-  log_format bench '$msec $status $request_uri $upstream_addr $upstream_status $request_time';
-  access_log {self.access_log} bench;
-{tmp}
-  keepalive_timeout 300s;
-  keepalive_requests 100000000;
-  upstream web {{
-{servers}
-    keepalive 64;
-  }}
-  server {{
-    listen 127.0.0.1:{self.port} ssl;
-    server_name {HOST};
-    ssl_certificate {b.cert};
-    ssl_certificate_key {b.key};
-    location / {{
-      proxy_pass http://web;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Host $http_host;
-      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-      proxy_set_header X-Forwarded-Proto $scheme;
-    }}
-  }}
-}}
-""")
+        self.nginx_conf = write_nginx_conf(self.ngx, self.error_log, self.access_log, self.port,
+                                           b.cert, b.key, self.ports)
         self.spawn("supervisord", [b.supervisord, "-c", self.conf])
         wait_until(self.all_running, 30, f"{INSTANCES} RUNNING programs under supervisord",
                    check=self.check_alive)
@@ -638,46 +601,10 @@ http {{
         return ok, out
 
     def mark_start(self):
-        def size(p):
-            try:
-                return os.path.getsize(p)
-            except OSError:
-                return 0
-        self.offsets = (size(self.access_log), size(self.error_log))
+        self.offsets = log_sizes(self.access_log, self.error_log)
 
     def analyse(self, name, deploys, t_start, t_end):
-        time.sleep(0.5)
-        bad = []
-        total = 0
-        try:
-            with open(self.access_log, errors="replace") as f:
-                f.seek(self.offsets[0])
-                for line in f:
-                    parts = line.split()
-                    if len(parts) < 6:
-                        continue
-                    total += 1
-                    if not parts[1].startswith("2"):
-                        bad.append(parts)
-        except OSError as e:
-            info("access_log", run=name, error=short(e))
-        kinds = collections.Counter((p[1], p[2].split("?")[0].strip("/") or "root") for p in bad)
-        info("access_log", run=name, lines=total, not_2xx=len(bad),
-             **{f"{s}_{path}": n for (s, path), n in sorted(kinds.items(), key=lambda kv: -kv[1])})
-        cats = collections.Counter()
-        try:
-            with open(self.error_log, errors="replace") as f:
-                f.seek(self.offsets[1])
-                for line in f:
-                    m = re.search(r"\[(\w+)\] \d+#\d+: \*?\d* ?(.*?)(?: while |, client:|$)", line)
-                    if m:
-                        msg = re.sub(r"\d+\.\d+\.\d+\.\d+:\d+", "ADDR", m.group(2))
-                        msg = re.sub(r"\(\d+: ", "(", msg)
-                        cats[f"{m.group(1)}:{msg}"[:70]] += 1
-        except OSError:
-            pass
-        for k, n in cats.most_common(8):
-            info("nginx_error_log", run=name, count=n, message=k.replace(" ", "_"))
+        bad = nginx_failures(name, self.access_log, self.error_log, self.offsets)
         # When in the deploy sequence the failures happened, and how long each outage lasted
         # (first to last failed response within each restart's window).
         phase = collections.Counter()
@@ -696,6 +623,103 @@ http {{
         outages = [max(ts) - min(ts) for ts in spans.values()]
         info("failure_phases", run=name, restarts_with_failures=len(spans),
              outage_s_min_med_max=fmt_s(outages), **phase)
+
+
+# ---------------------------------------------------------------------------------------------
+# nginx in front of the incumbent (this benchmark's supervisord, and bench/containers_bench.py's
+# compose service)
+
+
+def write_nginx_conf(ngx, error_log, access_log, port, cert, key, upstream_ports):
+    """Writes DIR/nginx.conf and returns its path. Like chaind: 2 workers (chaind's default
+    worker_threads on 2 cores), keep-alive to the upstreams, Host and X-Forwarded-* passed on.
+    Everything else is nginx's default, in particular proxy_next_upstream "error timeout" (a GET
+    that cannot connect is retried on the next server), except the servers' max_fails
+    (NGINX_SERVER_PARAMS)."""
+    tmp = "\n".join(f"  {k}_temp_path {ngx}/tmp_{k};" for k in
+                    ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    servers = "\n".join(f"    server 127.0.0.1:{p}{NGINX_SERVER_PARAMS};" for p in upstream_ports)
+    path = os.path.join(ngx, "nginx.conf")
+    with open(path, "w") as f:
+        f.write(f"""worker_processes 2;
+pid {ngx}/nginx.pid;
+error_log {error_log} warn;
+events {{ worker_connections 10240; }}
+http {{
+  log_format bench '$msec $status $request_uri $upstream_addr $upstream_status $request_time';
+  access_log {access_log} bench;
+{tmp}
+  keepalive_timeout 300s;
+  keepalive_requests 100000000;
+  upstream web {{
+{servers}
+    keepalive 64;
+  }}
+  server {{
+    listen 127.0.0.1:{port} ssl;
+    server_name {HOST};
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
+    location / {{
+      proxy_pass http://web;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $http_host;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto $scheme;
+    }}
+  }}
+}}
+""")
+    return path
+
+
+def log_sizes(*paths):
+    """Current sizes of the files (0 for a missing one): where a run's lines will start."""
+    def size(p):
+        try:
+            return os.path.getsize(p)
+        except OSError:
+            return 0
+    return tuple(size(p) for p in paths)
+
+
+def nginx_failures(name, access_log, error_log, offsets):
+    """Reads nginx's access and error logs from `offsets` (see log_sizes) after a run, reports
+    the non-2xx responses by status and path and the most frequent error-log messages, and
+    returns the non-2xx access-log lines, split into fields (`$msec $status $request_uri ...`)."""
+    time.sleep(0.5)
+    bad, total = [], 0
+    try:
+        with open(access_log, errors="replace") as f:
+            f.seek(offsets[0])
+            for line in f:
+                parts = line.split()
+                if len(parts) < 6:
+                    continue
+                total += 1
+                if not parts[1].startswith("2"):
+                    bad.append(parts)
+    except OSError as e:
+        info("access_log", run=name, error=short(e))
+    kinds = collections.Counter((p[1], p[2].split("?")[0].strip("/") or "root") for p in bad)
+    info("access_log", run=name, lines=total, not_2xx=len(bad),
+         **{f"{s}_{path}": n for (s, path), n in sorted(kinds.items(), key=lambda kv: -kv[1])})
+    cats = collections.Counter()
+    try:
+        with open(error_log, errors="replace") as f:
+            f.seek(offsets[1])
+            for line in f:
+                m = re.search(r"\[(\w+)\] \d+#\d+: \*?\d* ?(.*?)(?: while |, client:|$)", line)
+                if m:
+                    msg = re.sub(r"\d+\.\d+\.\d+\.\d+:\d+", "ADDR", m.group(2))
+                    msg = re.sub(r"\(\d+: ", "(", msg)
+                    cats[f"{m.group(1)}:{msg}"[:70]] += 1
+    except OSError:
+        pass
+    for k, n in cats.most_common(8):
+        info("nginx_error_log", run=name, count=n, message=k.replace(" ", "_"))
+    return bad
 
 
 # ---------------------------------------------------------------------------------------------
