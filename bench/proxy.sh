@@ -20,7 +20,7 @@
 #   BENCH_TIMEOUT=5400 hard limit in seconds for the whole measurement
 #   BENCH_PERF=1       also profile each proxy with perf during an HTTPS keep-alive run
 #   BENCH_PERF_ROW=http  profile during that row's load instead (https, http, newconn, h2)
-#   BENCH_WORKERS=1,2  BENCH_ROWS=https,http,newconn,h2  BENCH_PROXIES=chain,nginx,haproxy
+#   BENCH_WORKERS=1,2  BENCH_ROWS=https,http,newconn,newconn_paced,h2  BENCH_PROXIES=chain,nginx,haproxy
 #   BENCH_RUNS=N BENCH_DURATION=S  BENCH_NGINX_KEEPALIVE=256  BENCH_MAX_FOREIGN=0.25
 #   (see bench/proxy_bench.py)
 set -euo pipefail

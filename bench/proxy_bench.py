@@ -24,7 +24,8 @@ Environment:
   BENCH_QUICK=1          1 run of 5 s per figure (default: median of 3 runs of 15 s)
   BENCH_RUNS, BENCH_DURATION  override the number of runs and their length in seconds
   BENCH_WORKERS=1,2      worker counts
-  BENCH_ROWS=https,http,newconn,h2   which rows
+  BENCH_ROWS=https,http,newconn,newconn_paced,h2   which rows
+  BENCH_PACED_DELAY_MS=40  think time of newconn_paced (between handshake and request)
   BENCH_PROXIES=chain,nginx,haproxy
   BENCH_PERF=1           after the 1-worker rows, profile each proxy during HTTPS keep-alive
                          runs: perf stat (syscalls, context switches per request) and perf
@@ -60,7 +61,7 @@ RUNS = int(os.environ.get("BENCH_RUNS", "1" if QUICK else "3"))
 DURATION = int(os.environ.get("BENCH_DURATION", "5" if QUICK else "15"))
 WARMUP = 1 if QUICK else 2
 WORKERS = [int(x) for x in os.environ.get("BENCH_WORKERS", "1,2").split(",") if x]
-ROWS = [x for x in os.environ.get("BENCH_ROWS", "https,http,newconn,h2").split(",") if x]
+ROWS = [x for x in os.environ.get("BENCH_ROWS", "https,http,newconn,newconn_paced,h2").split(",") if x]
 PROXIES = [x for x in os.environ.get("BENCH_PROXIES", "chain,nginx,haproxy").split(",") if x]
 PERF = os.environ.get("BENCH_PERF", "") not in ("", "0")
 PERF_DWARF = os.environ.get("BENCH_PERF", "") == "dwarf"
@@ -77,11 +78,17 @@ H2_THREADS = 2
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 NCPU = os.cpu_count() or 1
 
-ALL_ROWS = ("https", "http", "newconn", "h2")
+# Think time of the paced new-connection row: each of the 64 connections waits this long between
+# its handshake and its request, so that the load generator is not the bottleneck.
+PACED_DELAY_MS = int(os.environ.get("BENCH_PACED_DELAY_MS", "40"))
+
+ALL_ROWS = ("https", "http", "newconn", "newconn_paced", "h2")
 ROW_TITLE = {
     "https": "HTTPS keep-alive (wrk)",
     "http": "plain HTTP keep-alive (wrk)",
     "newconn": "HTTPS new connection per request (wrk, Connection: close)",
+    "newconn_paced": f"HTTPS new connection per request, paced (wrk, Connection: close, "
+                     f"{PACED_DELAY_MS} ms think time)",
     "h2": "HTTP/2 over TLS (h2load)",
 }
 
@@ -708,8 +715,13 @@ http {{
             return parse_h2load(out), ru
         scheme = "http" if row == "http" else "https"
         argv = ["wrk", f"-t{WRK_THREADS}", f"-c{WRK_CONNS}", f"-d{seconds}s", "--latency"]
-        if row == "newconn":
+        if row in ("newconn", "newconn_paced"):
             argv += ["-H", "Connection: close"]
+        if row == "newconn_paced":
+            script = os.path.join(self.run, "paced.lua")
+            with open(script, "w") as f:
+                f.write(f"function delay()\n  return {PACED_DELAY_MS}\nend\n")
+            argv += ["-s", script]
         argv.append(f"{scheme}://{HOST}:{port}/")
         out, ru = run_tool(argv, self.run, self.tool_env())
         return parse_wrk(out), ru
@@ -914,6 +926,10 @@ http {{
                      ("p99_ms", "http_p99_ms"), ("cpu_us_per_req", "http_cpu_us_per_req")],
             "newconn": [("rps", "https_newconn_per_s"), ("p99_ms", "https_newconn_p99_ms"),
                         ("cpu_us_per_req", "https_newconn_cpu_us_per_conn")],
+            "newconn_paced": [("rps", "https_newconn_paced_per_s"),
+                              ("p50_ms", "https_newconn_paced_p50_ms"),
+                              ("p99_ms", "https_newconn_paced_p99_ms"),
+                              ("cpu_us_per_req", "https_newconn_paced_cpu_us_per_conn")],
             "h2": [("rps", "h2_rps"), ("cpu_us_per_req", "h2_cpu_us_per_req")],
         }
         lines = {}

@@ -45,14 +45,17 @@ pub struct Conn {
 
 /// Answers one request. `active` counts as activity on the client connection until the
 /// response has been sent, body included (see `listen::run`).
+/// `peer_ip` is the client's address as a header value ([`peer_ip_header`], made once per
+/// connection).
 pub async fn handle(
     shared: Arc<Shared>,
     conn: Conn,
+    peer_ip: HeaderValue,
     req: Request<Incoming>,
     active: Active,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let mut obs = shared.observe.start(conn.peer.ip(), &req);
-    let resp = match forward(&shared, conn, req, &mut obs, active).await {
+    let resp = match forward(&shared, conn, peer_ip, req, &mut obs, active).await {
         Ok(resp) => resp,
         Err(status) => plain(status),
     };
@@ -62,6 +65,7 @@ pub async fn handle(
 async fn forward(
     shared: &Shared,
     conn: Conn,
+    peer_ip: HeaderValue,
     req: Request<Incoming>,
     obs: &mut super::observe::Record<'_>,
     active: Active,
@@ -121,7 +125,7 @@ async fn forward(
     }
     let (parts, body) = req.into_parts();
     let uri = upstream_uri(&parts.uri, &spec.path, spec.strip_prefix)?;
-    let mut headers = forwarded_headers(parts.headers, conn, &host, parts.uri.authority());
+    let mut headers = forwarded_headers(parts.headers, conn, peer_ip, &host, parts.uri.authority());
     if let Some(protocol) = &upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, protocol.clone());
@@ -470,9 +474,17 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// The client's address as the value of X-Forwarded-For (formatted once per connection, not per
+/// request).
+pub fn peer_ip_header(ip: std::net::IpAddr) -> HeaderValue {
+    HeaderValue::from_maybe_shared(Bytes::from(ip.to_string()))
+        .expect("an IP address is a valid header value")
+}
+
 fn forwarded_headers(
     mut h: HeaderMap,
     conn: Conn,
+    peer_ip: HeaderValue,
     host: &str,
     authority: Option<&hyper::http::uri::Authority>,
 ) -> HeaderMap {
@@ -484,10 +496,12 @@ fn forwarded_headers(
         }
     }
     let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {}", conn.peer.ip()),
-        None => conn.peer.ip().to_string(),
+        Some(prev) => {
+            HeaderValue::from_maybe_shared(Bytes::from(format!("{prev}, {}", conn.peer.ip()))).ok()
+        }
+        None => Some(peer_ip),
     };
-    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(xff)) {
+    if let Some(v) = xff {
         h.insert(X_FORWARDED_FOR.clone(), v);
     }
     h.insert(
@@ -618,7 +632,8 @@ mod tests {
             https: true,
         };
         let authority = "example.com".parse().unwrap();
-        let out = forwarded_headers(h, conn, "example.com", Some(&authority));
+        let ip = peer_ip_header(conn.peer.ip());
+        let out = forwarded_headers(h, conn, ip, "example.com", Some(&authority));
         assert!(
             out.get("x-secret").is_none()
                 && out.get("connection").is_none()
@@ -630,5 +645,15 @@ mod tests {
         assert_eq!(out["x-request-id"].len(), 24);
         assert_eq!(out["x-forwarded-proto"], "https");
         assert_eq!(out["host"], "example.com");
+
+        // Without one from the client, X-Forwarded-For is the client's address alone.
+        let v6 = Conn {
+            peer: "[2001:db8::1]:5000".parse().unwrap(),
+            https: false,
+        };
+        let ip = peer_ip_header(v6.peer.ip());
+        let out = forwarded_headers(HeaderMap::new(), v6, ip, "example.com", None);
+        assert_eq!(out["x-forwarded-for"], "2001:db8::1");
+        assert_eq!(out["x-forwarded-proto"], "http");
     }
 }

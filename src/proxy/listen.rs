@@ -9,9 +9,12 @@
 //! crosses threads; the control plane runs on chaind's main runtime and cannot delay requests.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -177,10 +180,10 @@ async fn serve(
     stop: CancellationToken,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // No timer and no header-read timeout of hyper's on HTTP/1.1: see `run`.
     builder
         .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(cfg.header_read_timeout)
+        .header_read_timeout(None)
         .max_buf_size(cfg.max_header_size.max(8192) as usize)
         .max_headers(cfg.max_headers as usize)
         .keep_alive(true);
@@ -238,11 +241,16 @@ async fn serve(
 /// Serves one client connection until it ends, `stop`, or it has had no request in progress
 /// for `idle` (the header-read timeout).
 ///
-/// hyper enforces the header-read timeout on HTTP/1.1 itself, but its HTTP/2 server has none:
-/// a client could hold a connection open forever by never completing a HEADERS frame, or by
-/// opening a connection and sending nothing after the preface. The idle watchdog closes such
-/// connections for both protocols alike, gracefully (GOAWAY on HTTP/2, so a client can retry
-/// what was not processed), and drops them `idle` later if the client does not cooperate.
+/// A connection with no request in progress for `idle` is closed, whatever the protocol: an
+/// idle keep-alive connection, a client that never finishes its request head (slowloris), an
+/// HTTP/2 connection that sent only its preface or never completes a HEADERS frame. This is
+/// also HTTP/1.1's header-read timeout (hyper's own is not used: it arms a timer per request).
+/// The close is graceful (GOAWAY on HTTP/2, so a client can retry what was not processed),
+/// and the connection is dropped a moment later if the client does not cooperate.
+///
+/// The idle watchdog and `stop` are watched by a task of their own, which rings an [`Alarm`]:
+/// the connection's task, woken at least twice per request, then reads one atomic instead of
+/// polling a timer and the stop token each time.
 async fn run<I>(
     builder: Arc<auto::Builder<TokioExecutor>>,
     io: TokioIo<I>,
@@ -254,27 +262,127 @@ async fn run<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Arc::new(Activity::new());
+    let alarm = Arc::new(Alarm::default());
+    let watchdog = {
+        let (activity, alarm) = (activity.clone(), alarm.clone());
+        AbortOnDrop(tokio::spawn(async move {
+            let why = tokio::select! {
+                _ = activity.idle_for(idle) => Why::Idle,
+                _ = stop.cancelled() => Why::Stop,
+            };
+            alarm.ring(why);
+        }))
+    };
     let seen = activity.clone();
+    let peer_ip = forward::peer_ip_header(conn.peer.ip());
     let svc = hyper::service::service_fn(move |req| {
-        forward::handle(shared.clone(), conn, req, seen.begin())
+        forward::handle(shared.clone(), conn, peer_ip.clone(), req, seen.begin())
     });
     let c = builder.serve_connection_with_upgrades(io, svc);
     tokio::pin!(c);
-    let grace = tokio::select! {
-        r = c.as_mut() => {
+    let ringing = Ringing {
+        conn: c.as_mut(),
+        alarm: &alarm,
+        waker: None,
+    };
+    let grace = match ringing.await {
+        Ok(r) => {
             if let Err(e) = r {
                 tracing::debug!(error = %e, peer = %conn.peer, "proxy connection ended");
             }
             return;
         }
-        _ = activity.idle_for(idle) => {
+        Err(Why::Idle) => {
             tracing::debug!(peer = %conn.peer, "closing a connection without requests");
-            idle
+            // Nothing is in progress: the time to flush a GOAWAY is all it needs.
+            idle.min(Duration::from_secs(1))
         }
-        _ = stop.cancelled() => Duration::from_secs(10),
+        Err(Why::Stop) => Duration::from_secs(10),
     };
+    drop(watchdog);
     c.as_mut().graceful_shutdown();
     let _ = tokio::time::timeout(grace, c).await;
+}
+
+/// Why a connection's watchdog rang.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Why {
+    /// No request in progress for the header-read timeout.
+    Idle,
+    /// The proxy is stopping.
+    Stop,
+}
+
+/// Set once by a connection's watchdog task, read by the connection's task.
+#[derive(Default)]
+struct Alarm {
+    /// 0: not rung; 1: [`Why::Idle`]; 2: [`Why::Stop`].
+    why: std::sync::atomic::AtomicU8,
+    /// The connection task's waker, woken when the alarm rings.
+    waker: Mutex<Option<Waker>>,
+}
+
+impl Alarm {
+    fn ring(&self, why: Why) {
+        let code = match why {
+            Why::Idle => 1,
+            Why::Stop => 2,
+        };
+        self.why.store(code, Ordering::SeqCst);
+        let waker = self.waker.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    fn rung(&self) -> Option<Why> {
+        match self.why.load(Ordering::SeqCst) {
+            0 => None,
+            1 => Some(Why::Idle),
+            _ => Some(Why::Stop),
+        }
+    }
+}
+
+/// Drives a connection until it ends (`Ok`) or its alarm rings (`Err`).
+struct Ringing<'a, F> {
+    conn: Pin<&'a mut F>,
+    alarm: &'a Alarm,
+    /// The waker last handed to the alarm (the task's waker rarely changes).
+    waker: Option<Waker>,
+}
+
+impl<F: Future> Future for Ringing<'_, F> {
+    type Output = Result<F::Output, Why>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        if let Some(why) = this.alarm.rung() {
+            return Poll::Ready(Err(why));
+        }
+        if let Poll::Ready(out) = this.conn.as_mut().poll(cx) {
+            return Poll::Ready(Ok(out));
+        }
+        if !this.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            let w = cx.waker().clone();
+            *this.alarm.waker.lock().unwrap_or_else(|p| p.into_inner()) = Some(w.clone());
+            this.waker = Some(w);
+            // The alarm may have rung before it could see this waker.
+            if let Some(why) = this.alarm.rung() {
+                return Poll::Ready(Err(why));
+            }
+        }
+        Poll::Pending
+    }
+}
+
+/// Aborts a task when dropped (the watchdog ends with its connection).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Requests in progress on one client connection, and when the last one ended.
