@@ -508,7 +508,12 @@ fn forwarded_headers(
         X_FORWARDED_PROTO.clone(),
         HeaderValue::from_static(if conn.https { "https" } else { "http" }),
     );
-    if let Ok(v) = HeaderValue::from_str(host) {
+    // Usually the Host header is the host already (lowercase, no port): share its bytes.
+    let forwarded_host = match h.get(header::HOST) {
+        Some(v) if v.as_bytes() == host.as_bytes() => Some(v.clone()),
+        _ => HeaderValue::from_str(host).ok(),
+    };
+    if let Some(v) = forwarded_host {
         h.insert(X_FORWARDED_HOST.clone(), v);
     }
     if !h.contains_key(&X_REQUEST_ID) {
