@@ -23,7 +23,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
 use super::forward::{self, Conn};
 use super::Shared;
@@ -263,9 +263,10 @@ async fn run<I>(
 {
     let activity = Arc::new(Activity::new());
     let alarm = Arc::new(Alarm::default());
+    // Aborted when dropped: the watchdog ends with its connection.
     let watchdog = {
         let (activity, alarm) = (activity.clone(), alarm.clone());
-        AbortOnDrop(tokio::spawn(async move {
+        AbortOnDropHandle::new(tokio::spawn(async move {
             let why = tokio::select! {
                 _ = activity.idle_for(idle) => Why::Idle,
                 _ = stop.cancelled() => Why::Stop,
@@ -373,15 +374,6 @@ impl<F: Future> Future for Ringing<'_, F> {
             }
         }
         Poll::Pending
-    }
-}
-
-/// Aborts a task when dropped (the watchdog ends with its connection).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
