@@ -24,17 +24,36 @@ use crate::unit::BalancePolicy;
 pub type BoxError = Box<dyn StdError + Send + Sync>;
 pub type ProxyBody = BoxBody<Bytes, BoxError>;
 
-/// Headers that describe one hop and are never forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
+/// Headers that describe one hop and are never forwarded (RFC 9110 §7.6.1), Upgrade last
+/// (forwarded only on an upgrade request, which sets it again). Kept as names, so that removing
+/// one hashes a known name instead of parsing a string.
+static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
+
+/// Index of `name` in [`HOP_BY_HOP`].
+fn hop_by_hop_index(name: &str) -> Option<usize> {
+    Some(match name {
+        "connection" => 0,
+        "keep-alive" => 1,
+        "proxy-connection" => 2,
+        "proxy-authenticate" => 3,
+        "proxy-authorization" => 4,
+        "te" => 5,
+        "trailer" => 6,
+        "transfer-encoding" => 7,
+        "upgrade" => 8,
+        _ => return None,
+    })
+}
 
 /// The client connection a request came in on.
 #[derive(Debug, Clone, Copy)]
@@ -83,9 +102,8 @@ async fn forward(
     }
     let mut req = req;
     let host = request_host(&req);
-    let affinity = affinity_cookie(req.headers());
     // Pick while holding the table; the guard keeps the upstream counted after the table goes.
-    let (spec, rules, first) = {
+    let (spec, rules, affinity, first) = {
         let table = shared.table.load();
         let route = table
             .find(&host, req.uri().path())
@@ -99,6 +117,10 @@ async fn forward(
                 return Ok(redirect(req.method(), &location));
             }
         }
+        // Only cookie-affinity routes look at the cookie.
+        let affinity = (route.spec.policy == BalancePolicy::Cookie)
+            .then(|| affinity_cookie(req.headers()))
+            .flatten();
         let client = Client {
             ip: Some(conn.peer.ip()),
             cookie: affinity.as_deref(),
@@ -109,6 +131,7 @@ async fn forward(
         (
             route.spec.clone(),
             route.response_headers.clone(),
+            affinity,
             InflightGuard::new(up),
         )
     };
@@ -395,9 +418,10 @@ fn request_host(req: &Request<Incoming>) -> String {
         .host()
         .or_else(|| req.headers().get(header::HOST)?.to_str().ok())
         .unwrap_or_default();
-    // Strip the port (IPv6 literals keep their brackets).
-    let host = match raw.rfind(':') {
-        Some(i) if !raw[i..].contains(']') => &raw[..i],
+    // Strip the port (IPv6 literals keep their brackets). A byte scan: a host is short, and
+    // `str::rfind` sets up a searcher each time.
+    let host = match raw.bytes().rposition(|b| b == b':') {
+        Some(i) if !raw.as_bytes()[i..].contains(&b']') => &raw[..i],
         _ => raw,
     };
     host.trim_end_matches('.').to_ascii_lowercase()
@@ -442,31 +466,52 @@ fn rewrite_path(uri: &Uri, prefix: &str) -> String {
     }
 }
 
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    *name == header::UPGRADE || HOP_BY_HOP.contains(&name.as_str())
-}
-
 fn strip_hop_by_hop(h: &mut HeaderMap) {
-    // One pass over the names: most messages carry none of these, and removing by name costs
-    // a parse and a hash each.
-    if !h.keys().any(is_hop_by_hop) {
+    // One pass over the names, noting which hop-by-hop headers are there: most messages carry
+    // one of them at most (many servers and browsers send `Connection: keep-alive` on every
+    // message), and removing a name costs a hash and a probe.
+    let mut present = [false; HOP_BY_HOP.len()];
+    let mut any = false;
+    for name in h.keys() {
+        if let Some(i) = hop_by_hop_index(name.as_str()) {
+            present[i] = true;
+            any = true;
+        }
+    }
+    if !any {
         return;
     }
-    // Headers named in Connection are hop-by-hop too.
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
-        h.remove(n);
+    // Headers named in Connection are hop-by-hop too. Its usual tokens (close, keep-alive,
+    // upgrade) name no other header, or one already found above.
+    if present[0] {
+        let named: Vec<HeaderName> = h
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|t| !names_no_other_header(t))
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect();
+        for n in named {
+            h.remove(n);
+        }
     }
-    for n in HOP_BY_HOP {
-        h.remove(n);
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
+        h.remove(name);
     }
-    h.remove(header::UPGRADE);
+}
+
+/// A Connection token that names no header beyond the hop-by-hop ones: close, or one of
+/// [`HOP_BY_HOP`] (tokens are case-insensitive; the usual spellings are tested first).
+fn names_no_other_header(token: &str) -> bool {
+    matches!(
+        token,
+        "keep-alive" | "Keep-Alive" | "close" | "Close" | "upgrade" | "Upgrade"
+    ) || token.eq_ignore_ascii_case("close")
+        || HOP_BY_HOP
+            .iter()
+            .any(|h| token.eq_ignore_ascii_case(h.as_str()))
 }
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -618,6 +663,83 @@ mod tests {
         assert_eq!(upstream_uri(&exact, "/api", true).unwrap(), "/");
         let absolute: Uri = "http://example.com/a?b=c".parse().unwrap();
         assert_eq!(upstream_uri(&absolute, "/", true).unwrap(), "/a?b=c");
+    }
+
+    /// Only hop-by-hop headers and the ones Connection names go; everything else stays.
+    #[test]
+    fn hop_by_hop_stripping() {
+        type Headers = &'static [(&'static str, &'static str)];
+        let cases: &[(Headers, &[&str])] = &[
+            // (headers in, names expected out)
+            (
+                &[("content-type", "text/plain"), ("date", "x")],
+                &["content-type", "date"],
+            ),
+            (
+                &[
+                    ("connection", "keep-alive"),
+                    ("keep-alive", "timeout=5"),
+                    ("server", "n"),
+                ],
+                &["server"],
+            ),
+            (
+                &[("connection", "close"), ("content-length", "2")],
+                &["content-length"],
+            ),
+            (
+                &[
+                    ("connection", "Upgrade, X-Trace"),
+                    ("upgrade", "websocket"),
+                    ("x-trace", "1"),
+                ],
+                &[],
+            ),
+            // Connection names hop-by-hop headers that are absent: nothing else goes.
+            (
+                &[("connection", "te, trailer"), ("accept", "*/*")],
+                &["accept"],
+            ),
+            // Two Connection lines; tokens from both count.
+            (
+                &[
+                    ("connection", "a"),
+                    ("connection", " B "),
+                    ("a", "1"),
+                    ("b", "2"),
+                    ("c", "3"),
+                ],
+                &["c"],
+            ),
+            (
+                &[
+                    ("transfer-encoding", "chunked"),
+                    ("te", "trailers"),
+                    ("trailer", "x"),
+                ],
+                &[],
+            ),
+            (
+                &[
+                    ("proxy-authorization", "x"),
+                    ("proxy-connection", "y"),
+                    ("via", "1.1"),
+                ],
+                &["via"],
+            ),
+        ];
+        for (input, want) in cases {
+            let mut h = HeaderMap::new();
+            for (k, v) in *input {
+                h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+            }
+            strip_hop_by_hop(&mut h);
+            let mut got: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+            got.sort_unstable();
+            let mut want = want.to_vec();
+            want.sort_unstable();
+            assert_eq!(got, want, "input {input:?}");
+        }
     }
 
     /// Hop-by-hop headers, and the ones named in Connection, are dropped; X-Forwarded-* set.
