@@ -3,6 +3,7 @@
 
 use std::convert::Infallible;
 use std::error::Error as StdError;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -66,29 +67,66 @@ pub struct Conn {
 /// response has been sent, body included (see `listen::run`).
 /// `peer_ip` is the client's address as a header value ([`peer_ip_header`], made once per
 /// connection).
-pub async fn handle(
+///
+/// Everything up to the upstream exchange runs here, before the future exists: the future
+/// holds only what that exchange needs (see [`Forward`]). An `async fn` keeps its arguments,
+/// the request among them, in every state of its future, and hyper moves the future a few
+/// times per request.
+pub fn handle(
     shared: Arc<Shared>,
     conn: Conn,
     peer_ip: HeaderValue,
     req: Request<Incoming>,
     active: Active,
-) -> Result<Response<ProxyBody>, Infallible> {
+) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static {
     let mut obs = shared.observe.start(conn.peer.ip(), &req);
-    let resp = match forward(&shared, conn, peer_ip, req, &mut obs, active).await {
-        Ok(resp) => resp,
-        Err(status) => plain(status),
-    };
-    Ok(obs.finish(resp))
+    let step = prepare(&shared, conn, peer_ip, req, &mut obs, active);
+    async move {
+        let resp = match step {
+            Ok(Step::Answer(resp)) => resp,
+            Ok(Step::Forward(f)) => match send(&shared, f, &mut obs).await {
+                Ok(resp) => resp,
+                Err(status) => plain(status),
+            },
+            Err(status) => plain(status),
+        };
+        Ok(obs.finish(resp))
+    }
 }
 
-async fn forward(
+/// What [`prepare`] decided.
+enum Step {
+    /// chain answers itself (redirect, 429, ACME challenge).
+    Answer(Response<ProxyBody>),
+    /// The request goes to an instance.
+    Forward(Box<Forward>),
+}
+
+/// A request ready for its instance, with what its response needs.
+struct Forward {
+    /// Origin-form URI, forwarded headers, streaming body.
+    out: Request<ProxyBody>,
+    /// The client's URI, to pick another instance on a retry.
+    uri: Uri,
+    host: String,
+    conn: Conn,
+    spec: Arc<crate::unit::RouteSpec>,
+    rules: Arc<Vec<(HeaderName, Option<HeaderValue>)>>,
+    affinity: Option<String>,
+    guard: InflightGuard,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    gzip: bool,
+    active: Active,
+}
+
+fn prepare(
     shared: &Shared,
     conn: Conn,
     peer_ip: HeaderValue,
     req: Request<Incoming>,
-    obs: &mut super::observe::Record<'_>,
+    obs: &mut super::observe::Record,
     active: Active,
-) -> Result<Response<ProxyBody>, StatusCode> {
+) -> Result<Step, StatusCode> {
     // hyper limits the number of header fields on HTTP/1.1 itself; HTTP/2 heads arrive whole
     // (their size bounded by `max_header_list_size`), so their count is checked here.
     if req.version() == Version::HTTP_2 && req.headers().len() > shared.max_headers {
@@ -97,24 +135,24 @@ async fn forward(
     // ACME HTTP-01 validation, before routes and redirects (a string prefix test otherwise).
     if !conn.https {
         if let Some(resp) = super::acme::answer(&shared.acme, &req) {
-            return Ok(resp);
+            return Ok(Step::Answer(resp));
         }
     }
     let mut req = req;
     let host = request_host(&req);
     // Pick while holding the table; the guard keeps the upstream counted after the table goes.
-    let (spec, rules, affinity, first) = {
+    let (spec, rules, affinity, guard) = {
         let table = shared.table.load();
         let route = table
             .find(&host, req.uri().path())
             .ok_or(StatusCode::NOT_FOUND)?;
         obs.route(route);
         if let Some(too_many) = super::limit::check(route, conn.peer.ip()) {
-            return Ok(too_many);
+            return Ok(Step::Answer(too_many));
         }
         if !conn.https {
             if let Some(location) = https_redirect(shared, route, &host, req.uri()) {
-                return Ok(redirect(req.method(), &location));
+                return Ok(Step::Answer(redirect(req.method(), &location)));
             }
         }
         // Only cookie-affinity routes look at the cookie.
@@ -158,9 +196,41 @@ async fn forward(
     *out.method_mut() = parts.method;
     *out.uri_mut() = uri;
     *out.headers_mut() = headers;
-    let mut client_upgrade = client_upgrade;
+    Ok(Step::Forward(Box::new(Forward {
+        out,
+        uri: parts.uri,
+        host,
+        conn,
+        spec,
+        rules,
+        affinity,
+        guard,
+        client_upgrade,
+        gzip,
+        active,
+    })))
+}
 
-    let mut guard = first;
+/// The upstream exchange: sends the prepared request, retries once on another instance when
+/// it could not be sent at all, and turns the answer into the client's response.
+async fn send(
+    shared: &Shared,
+    f: Box<Forward>,
+    obs: &mut super::observe::Record,
+) -> Result<Response<ProxyBody>, StatusCode> {
+    let Forward {
+        mut out,
+        uri,
+        host,
+        conn,
+        spec,
+        rules,
+        affinity,
+        mut guard,
+        mut client_upgrade,
+        gzip,
+        active,
+    } = *f;
     for attempt in 0..2 {
         let up = guard.upstream().clone();
         obs.upstream(&up);
@@ -208,13 +278,12 @@ async fn forward(
                 tracing::debug!(unit = %up.unit, addr = %up.addr, error = %e, attempt, "cannot connect to upstream");
                 // Nothing reached the instance, so any request can go to another instance
                 // of the route as the current table has it (once).
-                let path = parts.uri.path();
                 let next = (attempt == 0)
                     .then(|| {
                         shared
                             .table
                             .load()
-                            .find(&host, path)
+                            .find(&host, uri.path())
                             .and_then(|r| r.pick(Some(&up)))
                     })
                     .flatten();

@@ -59,7 +59,7 @@ impl Observer {
     }
 
     /// Starts the record of `req`.
-    pub fn start<B>(&self, client: IpAddr, req: &Request<B>) -> Record<'_> {
+    pub fn start<B>(&self, client: IpAddr, req: &Request<B>) -> Record {
         if self.metrics.is_none() && self.log.is_none() {
             return Record::default();
         }
@@ -89,7 +89,8 @@ impl Observer {
             })
         });
         Record {
-            observer: Some(self),
+            on: true,
+            metrics: self.metrics.clone(),
             start: Some(Instant::now()),
             route: None,
             upstream: None,
@@ -106,9 +107,10 @@ fn header_string(h: &HeaderMap) -> Option<String> {
 
 /// One request as it goes; see the module docs.
 #[derive(Default)]
-pub struct Record<'a> {
-    /// None when nothing observes requests.
-    observer: Option<&'a Observer>,
+pub struct Record {
+    /// False when nothing observes requests.
+    on: bool,
+    metrics: Option<Arc<Metrics>>,
     start: Option<Instant>,
     route: Option<Arc<RouteStats>>,
     upstream: Option<Arc<Upstream>>,
@@ -116,10 +118,10 @@ pub struct Record<'a> {
     log: Option<(Box<Entry>, AccessLog)>,
 }
 
-impl Record<'_> {
+impl Record {
     /// The request matched `route`.
     pub fn route(&mut self, route: &Route) {
-        if self.observer.is_none() {
+        if !self.on {
             return;
         }
         self.route = route.stats.clone();
@@ -130,7 +132,7 @@ impl Record<'_> {
 
     /// The request is being sent to `up` (the last call wins after a retry).
     pub fn upstream(&mut self, up: &Arc<Upstream>) {
-        if self.observer.is_some() {
+        if self.on {
             self.upstream = Some(up.clone());
         }
     }
@@ -151,11 +153,11 @@ impl Record<'_> {
 
     /// Records the answer and returns it (with its body wrapped when there is an access log).
     pub fn finish(self, resp: Response<ProxyBody>) -> Response<ProxyBody> {
-        let (Some(observer), Some(start)) = (self.observer, self.start) else {
+        let (true, Some(start)) = (self.on, self.start) else {
             return resp;
         };
         let status = resp.status().as_u16();
-        if let Some(m) = &observer.metrics {
+        if let Some(m) = &self.metrics {
             let elapsed = start.elapsed();
             match &self.route {
                 Some(r) => r.record(status, elapsed),
