@@ -20,6 +20,9 @@
 #   BENCH_TIMEOUT=5400 hard limit in seconds for the whole measurement
 #   BENCH_PERF=1       also profile each proxy with perf during an HTTPS keep-alive run
 #   BENCH_PERF_ROW=http  profile during that row's load instead (https, http, newconn, h2)
+#   BENCH_INSTR=1      instead of the load runs: user-space instructions per request of each
+#                      proxy's worker under valgrind (callgrind), a figure that does not move
+#                      between runs (bench/instructions.py; installs valgrind when missing)
 #   BENCH_WORKERS=1,2  BENCH_ROWS=https,http,newconn,newconn_paced,h2  BENCH_PROXIES=chain,nginx,haproxy
 #   BENCH_RUNS=N BENCH_DURATION=S  BENCH_NGINX_KEEPALIVE=256  BENCH_MAX_FOREIGN=0.25
 #   (see bench/proxy_bench.py)
@@ -63,7 +66,12 @@ bench_copy_bins "$bindir/chaind" "$bindir/chainctl"
 bench_describe
 echo "== versions: $(nginx -v 2>&1), $(haproxy -v | head -1 | cut -d' ' -f1-3), $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2), $(h2load --version | head -1), $(openssl version)"
 
+script=proxy_bench.py
+if [[ ${BENCH_INSTR:-} == 1 ]]; then
+    bench_need valgrind:valgrind
+    script=instructions.py
+fi
 timeout --signal=TERM --kill-after=30 "${BENCH_TIMEOUT:-5400}" \
-    python3 "$here/proxy_bench.py" --bin "$run/bin" --run "$run" &
+    python3 "$here/$script" --bin "$run/bin" --run "$run" &
 py_pid=$!
 wait "$py_pid"

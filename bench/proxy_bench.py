@@ -311,8 +311,10 @@ class Proxy:
 
     def spawn(self, argv, cwd=None):
         self.out = open(os.path.join(self.dir, "output.log"), "ab")
+        # bench/instructions.py runs a proxy under a wrapper (valgrind).
+        wrap = getattr(self.bench, "wrap", {}).get(self.name, [])
         self.proc = subprocess.Popen(
-            argv,
+            wrap + argv,
             stdin=subprocess.DEVNULL,
             stdout=self.out,
             stderr=subprocess.STDOUT,
@@ -333,7 +335,8 @@ class Proxy:
 
     def wait_ready(self):
         wait_until(lambda: answers_ok(self.http_port) and answers_ok(self.https_port, tls=True),
-                   30, f"{self.name} to proxy GET / on both listeners", check=self.check_alive)
+                   getattr(self.bench, "ready_timeout", 30),
+                   f"{self.name} to proxy GET / on both listeners", check=self.check_alive)
 
     def stop(self):
         if self.proc is None:

@@ -1,0 +1,147 @@
+#!/usr/bin/env python3
+"""User-space instructions per proxied request: chain, nginx and haproxy under valgrind.
+
+Driven by bench/proxy.sh with BENCH_INSTR=1 (same setup as bench/proxy_bench.py: the same
+backend, certificate, headers and worker count 1). Wall-clock CPU per request moves by +-5 %
+from run to run on a shared 2-core machine; an instruction count does not, so this is the
+figure to compare two builds of chaind by, and it shows where chain stands against nginx and
+haproxy in user space (the kernel's share, about 70 % of a proxied request, is not counted).
+
+For each proxy and load, the proxy runs under `valgrind --tool=callgrind` twice, once for
+BENCH_INSTR_BASE requests (default 2,000) and once for BENCH_INSTR_BASE + BENCH_INSTR_N (default
++10,000); the difference of the proxy worker's instruction counts divided by BENCH_INSTR_N is
+the figure, so start-up and connection set-up cancel out. The worker is chaind's thread that
+ran `proxy::forward::handle`, nginx's worker process (not the master), haproxy's busiest thread.
+Loads (h2load, 8 connections): `http` (HTTP/1.1 keep-alive, plain), `https` (HTTP/1.1 over TLS,
+keep-alive), `h2` (HTTP/2 over TLS, 10 streams per connection).
+
+Output: `RESULT instr_<load>_per_req_w1 chain=<v> nginx=<v> ratio=<chain/nginx>`, and the same
+against haproxy.
+
+Environment: BENCH_INSTR_N=10000  BENCH_INSTR_BASE=2000  BENCH_INSTR_LOADS=http,https,h2
+BENCH_PROXIES=chain,nginx,haproxy
+"""
+
+import argparse
+import glob
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import proxy_bench as pb  # noqa: E402
+from benchlib import BenchError, info, log, run_main  # noqa: E402
+
+N = int(os.environ.get("BENCH_INSTR_N", "10000"))
+BASE = int(os.environ.get("BENCH_INSTR_BASE", "2000"))
+LOADS = [x for x in os.environ.get("BENCH_INSTR_LOADS", "http,https,h2").split(",") if x]
+CONNS = 8
+
+# A symbol only the proxy worker runs, to find its thread among chaind's.
+MARKER = {"chain": "proxy::forward::handle"}
+
+
+def callgrind_files(out_dir):
+    """(pid, total instructions, text) of each thread's callgrind file in out_dir."""
+    files = []
+    for path in glob.glob(os.path.join(out_dir, "cg.*")):
+        text = open(path, errors="replace").read()
+        pid = re.search(r"^pid:\s*(\d+)", text, re.M)
+        total = re.search(r"^(?:summary|totals):\s*(\d+)", text, re.M)
+        if pid and total:
+            files.append((int(pid.group(1)), int(total.group(1)), text))
+    return files
+
+
+def worker_instructions(name, files, master_pid):
+    marker = MARKER.get(name)
+    if marker:
+        hits = [t for _, t, text in files if marker in text]
+        if not hits:
+            raise BenchError(f"{name}: no thread ran {marker}")
+        return max(hits)
+    # nginx forks its workers from the master; haproxy runs in one process.
+    workers = [t for pid, t, _ in files if pid != master_pid] or [t for _, t, _ in files]
+    if not workers:
+        raise BenchError(f"{name}: no callgrind output")
+    return max(workers)
+
+
+class InstrBench(pb.Bench):
+    def __init__(self, bindir, run):
+        super().__init__(bindir, run)
+        if not shutil.which("valgrind"):
+            raise BenchError("valgrind not found")
+        self.wrap = {}
+        self.ready_timeout = 180
+        # nginx's worker runs as `nobody` and writes its own file below the run directory.
+        os.chmod(run, 0o711)
+
+    def load(self, name, load, requests):
+        port = self.target_port(name, "http" if load == "http" else "https")
+        scheme = "http" if load == "http" else "https"
+        argv = ["h2load", "-n", str(requests), "-c", str(CONNS), "-t", "1"]
+        argv += ["-m", "10"] if load == "h2" else ["--h1"]
+        argv.append(f"{scheme}://{pb.HOST}:{port}/")
+        out, _ = pb.run_tool(argv, self.run, self.tool_env())
+        m = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", out)
+        if not m or int(m.group(2)) != requests:
+            raise BenchError(f"h2load against {name} did not complete {requests} requests:\n{out}")
+
+    def measure(self, name, load, requests):
+        """Instructions of `name`'s worker for `requests` requests of `load` (plus start-up)."""
+        out_dir = os.path.join(self.run, f"cg-{name}-{load}-{requests}")
+        os.makedirs(out_dir)
+        os.chmod(out_dir, 0o1777)
+        self.wrap = {name: ["valgrind", "--tool=callgrind", "--separate-threads=yes",
+                            f"--callgrind-out-file={out_dir}/cg.%p"]}
+        # chaind runs the backend, so it runs (plain, when not measured) in every round.
+        chain = pb.Chain(self)
+        chain.start(1)
+        self.proxies = {"chain": chain}
+        pb.wait_until(lambda: pb.answers_ok(self.backend_port), self.ready_timeout,
+                      "the backend (chain unit) to answer", check=chain.check_alive)
+        if name != "chain":
+            p = {"nginx": pb.Nginx, "haproxy": pb.Haproxy}[name](self)
+            p.start(1)
+            self.proxies[name] = p
+        target = self.proxies[name]
+        target.wait_ready()
+        master = target.proc.pid
+        self.load(name, load, requests)
+        self.stop_all()
+        return worker_instructions(name, callgrind_files(out_dir), master)
+
+    def main(self):
+        info("plan", mode="instructions", requests=N, base=BASE, loads=",".join(LOADS),
+             proxies=",".join(pb.PROXIES), connections=CONNS)
+        per_req = {}
+        for load in LOADS:
+            for name in pb.PROXIES:
+                log(f"{name}, {load}: {BASE} and {BASE + N} requests under callgrind")
+                small = self.measure(name, load, BASE)
+                big = self.measure(name, load, BASE + N)
+                per_req[(load, name)] = (big - small) / N
+                info("instructions", proxy=name, load=load, base=small, full=big,
+                     per_req=f"{per_req[(load, name)]:.0f}")
+        for other in ("nginx", "haproxy"):
+            for load in LOADS:
+                c, o = per_req.get((load, "chain")), per_req.get((load, other))
+                if c is None or o is None:
+                    continue
+                print(f"RESULT instr_{load}_per_req_w1 chain={c:.0f} {other}={o:.0f} "
+                      f"ratio={pb.sig(c / o)}", flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", required=True)
+    ap.add_argument("--run", required=True)
+    args = ap.parse_args()
+    return run_main(lambda: InstrBench(args.bin, args.run))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
