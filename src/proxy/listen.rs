@@ -4,15 +4,21 @@
 //! The listening sockets themselves are created by `daemon` (one place), and handed in here.
 //! They are served by [`spawn_workers`]: a fixed number of threads, each running its own
 //! single-threaded runtime with an accept loop on every listener, as nginx runs worker
-//! processes. A connection lives on the worker that accepted it, together with the upstream
-//! connections it uses (each worker has its own upstream pools), so that a request never
-//! crosses threads; the control plane runs on chaind's main runtime and cannot delay requests.
+//! processes. A connection lives on one worker, together with the upstream connections it uses
+//! (each worker has its own upstream pools), so that a request never crosses threads; the
+//! control plane runs on chaind's main runtime and cannot delay requests.
+//!
+//! Every worker accepts on every listener, and whichever the kernel wakes first takes a whole
+//! burst of connections (a client opening 64 at once could land them all on one worker while
+//! the other idles). So the accepting worker hands a new connection to the worker with the
+//! fewest open connections when that is fewer than its own ([`Balance`], a pure choice over
+//! per-worker counters), before the TLS handshake; the socket moves to that worker's runtime.
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
 use std::time::Duration;
@@ -20,7 +26,8 @@ use std::time::Duration;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
@@ -82,6 +89,67 @@ pub struct Listener {
     pub tls: Option<TlsAcceptor>,
 }
 
+/// Open connections per worker, and where to send a connection another worker should serve.
+pub struct Balance {
+    open: Vec<AtomicUsize>,
+    /// `inbox[worker][listener]`.
+    inbox: Vec<Vec<mpsc::UnboundedSender<Handoff>>>,
+}
+
+/// A connection accepted by one worker for another to serve.
+struct Handoff {
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    slot: ConnSlot,
+    /// Counts the connection for its new worker from the moment it was handed off, so that
+    /// the next connection of a burst sees it.
+    open: Open,
+}
+
+/// The worker that should serve a new connection accepted by `me`, given each worker's open
+/// connections: the least loaded one when it has fewer than `me` (ties stay with `me`, so one
+/// worker or an even load never hands off).
+pub fn pick_worker(me: usize, open: &[usize]) -> usize {
+    let Some(mine) = open.get(me).copied() else {
+        return me;
+    };
+    match open.iter().enumerate().min_by_key(|(_, n)| **n) {
+        Some((best, n)) if *n < mine => best,
+        _ => me,
+    }
+}
+
+impl Balance {
+    fn counts(&self) -> Vec<usize> {
+        self.open
+            .iter()
+            .map(|n| n.load(Ordering::Relaxed))
+            .collect()
+    }
+}
+
+/// Counts one open connection of a worker until dropped.
+struct Open {
+    balance: Arc<Balance>,
+    worker: usize,
+}
+
+impl Open {
+    fn new(balance: &Arc<Balance>, worker: usize) -> Open {
+        balance.open[worker].fetch_add(1, Ordering::Relaxed);
+        Open {
+            balance: balance.clone(),
+            worker,
+        }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.balance.open[self.worker].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Starts `workers` proxy threads serving every listener until `stop` (see the module docs).
 /// Each returned task ends when its worker has stopped and its connections have finished.
 pub fn spawn_workers(
@@ -92,8 +160,21 @@ pub fn spawn_workers(
     limiter: &Arc<ConnLimiter>,
     stop: &CancellationToken,
 ) -> std::io::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let workers = workers.max(1);
+    let mut inbox = Vec::new();
+    let mut inbox_rx = Vec::new();
+    for _ in 0..workers {
+        let (tx, rx): (Vec<_>, Vec<_>) =
+            listeners.iter().map(|_| mpsc::unbounded_channel()).unzip();
+        inbox.push(tx);
+        inbox_rx.push(rx);
+    }
+    let balance = Arc::new(Balance {
+        open: (0..workers).map(|_| AtomicUsize::new(0)).collect(),
+        inbox,
+    });
     let mut done = Vec::new();
-    for n in 0..workers.max(1) {
+    for (n, rx) in inbox_rx.into_iter().enumerate() {
         // Every worker polls its own copy of each socket; the kernel hands a new connection to
         // whichever accepts first.
         let mine = listeners
@@ -110,23 +191,36 @@ pub fn spawn_workers(
             .build()?;
         let (shared, cfg, limiter, stop) =
             (shared.clone(), cfg.clone(), limiter.clone(), stop.clone());
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let me = Worker {
+            n,
+            balance: balance.clone(),
+        };
+        let (tx, finished) = tokio::sync::oneshot::channel::<()>();
         std::thread::Builder::new()
             .name(format!("chain-proxy-{n}"))
             .spawn(move || {
-                rt.block_on(worker(mine, shared, cfg, limiter, stop));
+                rt.block_on(worker(me, mine, rx, shared, cfg, limiter, stop));
                 drop(tx);
             })?;
         done.push(tokio::spawn(async move {
-            let _ = rx.await;
+            let _ = finished.await;
         }));
     }
     Ok(done)
 }
 
+/// Which worker this is, and the shared balance.
+#[derive(Clone)]
+struct Worker {
+    n: usize,
+    balance: Arc<Balance>,
+}
+
 /// One worker: an accept loop per listener; after `stop`, waits for its connections.
 async fn worker(
+    me: Worker,
     listeners: Vec<Listener>,
+    inbox: Vec<mpsc::UnboundedReceiver<Handoff>>,
     shared: Arc<Shared>,
     cfg: ProxyConfig,
     limiter: Arc<ConnLimiter>,
@@ -134,12 +228,17 @@ async fn worker(
 ) {
     let connections = TaskTracker::new();
     let mut loops = Vec::new();
-    for l in listeners {
+    for (index, (l, inbox)) in listeners.into_iter().zip(inbox).enumerate() {
         match TcpListener::from_std(l.socket) {
             Ok(socket) => loops.push(tokio::spawn(serve(
-                socket,
+                me.clone(),
+                Seat {
+                    index,
+                    socket,
+                    inbox,
+                    tls: l.tls,
+                },
                 shared.clone(),
-                l.tls,
                 cfg.clone(),
                 limiter.clone(),
                 connections.clone(),
@@ -168,17 +267,33 @@ async fn worker(
     pruner.abort();
 }
 
+/// One listener as one worker serves it.
+struct Seat {
+    /// The listener's place in the list every worker has.
+    index: usize,
+    socket: TcpListener,
+    /// Connections other workers accepted on this listener for this one.
+    inbox: mpsc::UnboundedReceiver<Handoff>,
+    tls: Option<TlsAcceptor>,
+}
+
 /// Serves one listener until `stop`; then open connections get a graceful shutdown and up to
 /// 10 s to finish.
 async fn serve(
-    listener: TcpListener,
+    me: Worker,
+    seat: Seat,
     shared: Arc<Shared>,
-    tls: Option<TlsAcceptor>,
     cfg: ProxyConfig,
     limiter: Arc<ConnLimiter>,
     connections: TaskTracker,
     stop: CancellationToken,
 ) {
+    let Seat {
+        index,
+        socket: listener,
+        mut inbox,
+        tls,
+    } = seat;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // No timer and no header-read timeout of hyper's on HTTP/1.1: see `run`.
     builder
@@ -195,10 +310,29 @@ async fn serve(
         .keep_alive_interval(Duration::from_secs(30));
     let builder = Arc::new(builder);
     loop {
-        let (stream, peer) = tokio::select! {
+        let (stream, peer, slot, open) = tokio::select! {
             _ = stop.cancelled() => return,
+            Some(h) = inbox.recv() => match TcpStream::from_std(h.stream) {
+                Ok(stream) => (stream, h.peer, h.slot, h.open),
+                Err(e) => {
+                    tracing::warn!(error = %e, "proxy worker cannot poll a handed-off connection");
+                    continue;
+                }
+            },
             r = listener.accept() => match r {
-                Ok(s) => s,
+                Ok((stream, peer)) => {
+                    let Some(slot) = limiter.acquire(peer.ip()) else {
+                        tracing::debug!(%peer, "connection refused: per-IP connection limit");
+                        continue;
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let to = pick_worker(me.n, &me.balance.counts());
+                    if to != me.n {
+                        hand_off(&me.balance, to, index, stream, peer, slot);
+                        continue;
+                    }
+                    (stream, peer, slot, Open::new(&me.balance, me.n))
+                }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
                     tracing::warn!(error = %e, "proxy accept failed");
@@ -207,16 +341,12 @@ async fn serve(
                 }
             },
         };
-        let Some(slot) = limiter.acquire(peer.ip()) else {
-            tracing::debug!(%peer, "connection refused: per-IP connection limit");
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
         let (shared, tls, stop, builder) =
             (shared.clone(), tls.clone(), stop.clone(), builder.clone());
         let (handshake_timeout, idle) = (cfg.handshake_timeout, cfg.header_read_timeout);
         connections.spawn(async move {
             let _slot = slot;
+            let _open = open;
             match tls {
                 Some(acceptor) => {
                     let Ok(Ok(tls_stream)) =
@@ -235,6 +365,35 @@ async fn serve(
                 }
             }
         });
+    }
+}
+
+/// Sends an accepted connection to worker `to`, counted there at once. A worker that has
+/// stopped drops it, which closes it.
+fn hand_off(
+    balance: &Arc<Balance>,
+    to: usize,
+    listener: usize,
+    stream: TcpStream,
+    peer: SocketAddr,
+    slot: ConnSlot,
+) {
+    let stream = match stream.into_std() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "cannot hand a connection to another worker");
+            return;
+        }
+    };
+    let open = Open::new(balance, to);
+    let handoff = Handoff {
+        stream,
+        peer,
+        slot,
+        open,
+    };
+    if balance.inbox[to][listener].send(handoff).is_err() {
+        tracing::debug!(%peer, "worker stopped; connection dropped");
     }
 }
 
@@ -446,6 +605,41 @@ pub fn tls_acceptor(certs: &Arc<super::tls::CertStore>) -> Result<TlsAcceptor, r
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A new connection goes to the least loaded worker when it has fewer than the accepting
+    /// one; ties and a single worker stay put.
+    #[test]
+    fn worker_choice() {
+        let cases: &[(usize, &[usize], usize)] = &[
+            // (accepting worker, open connections per worker, chosen)
+            (0, &[0], 0),
+            (0, &[5], 0),
+            (0, &[0, 0], 0),
+            (1, &[0, 0], 1),
+            (0, &[1, 0], 1),
+            (0, &[3, 3], 0),
+            (1, &[3, 4], 0),
+            (0, &[4, 3, 2, 2], 2),
+            (2, &[4, 3, 2, 2], 2),
+            (3, &[0, 9, 9, 9], 0),
+            // An index past the counters (cannot happen) keeps the connection.
+            (5, &[1, 2], 5),
+        ];
+        for (me, open, want) in cases {
+            assert_eq!(pick_worker(*me, open), *want, "me {me}, open {open:?}");
+        }
+    }
+
+    /// A burst accepted by one worker ends up split evenly once counted as it is handed off.
+    #[test]
+    fn burst_splits_evenly() {
+        let mut open = vec![0usize; 2];
+        for _ in 0..64 {
+            let to = pick_worker(0, &open);
+            open[to] += 1;
+        }
+        assert_eq!(open, vec![32, 32]);
+    }
 
     /// The limit holds per IP, and slots return on drop.
     #[test]
