@@ -5,6 +5,7 @@ Each driver is run by its shell script (bench/*.sh) with the bench directory as 
 directory, so `import benchlib` finds this file.
 """
 
+import argparse
 import os
 import signal
 import sys
@@ -105,3 +106,13 @@ def run_main(make_bench):
         if bench:
             bench.cleanup()
     return 0
+
+
+def cli_main(make_bench):
+    """The `main` of a driver taking `--bin DIR --run DIR`: `make_bench(bin, run)` under
+    [`run_main`]."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", required=True)
+    ap.add_argument("--run", required=True)
+    args = ap.parse_args()
+    return run_main(lambda: make_bench(args.bin, args.run))

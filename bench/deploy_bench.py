@@ -35,7 +35,6 @@ Environment:
   BENCH_VARIANTS=plain,slow
 """
 
-import argparse
 import calendar
 import collections
 import http.client
@@ -52,7 +51,7 @@ import sys
 import threading
 import time
 
-from benchlib import BenchError, children, comm, info, kill_ours, log, run_main
+from benchlib import BenchError, children, cli_main, comm, info, kill_ours, log
 
 MARK_VAR = "BENCH_DEPLOY_RUN"
 QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")
@@ -924,13 +923,5 @@ class Bench:
         kill_ours(self.run, MARK_VAR)
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--bin", required=True)
-    ap.add_argument("--run", required=True)
-    args = ap.parse_args()
-    return run_main(lambda: Bench(args.bin, args.run))
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli_main(Bench))

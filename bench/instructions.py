@@ -22,7 +22,6 @@ Environment: BENCH_INSTR_N=10000  BENCH_INSTR_BASE=2000  BENCH_INSTR_LOADS=http,
 BENCH_PROXIES=chain,nginx,haproxy
 """
 
-import argparse
 import glob
 import os
 import re
@@ -32,7 +31,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import proxy_bench as pb  # noqa: E402
-from benchlib import BenchError, info, log, run_main  # noqa: E402
+from benchlib import BenchError, cli_main, info, log  # noqa: E402
 
 N = int(os.environ.get("BENCH_INSTR_N", "10000"))
 BASE = int(os.environ.get("BENCH_INSTR_BASE", "2000"))
@@ -135,13 +134,5 @@ class InstrBench(pb.Bench):
                       f"ratio={pb.sig(c / o)}", flush=True)
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--bin", required=True)
-    ap.add_argument("--run", required=True)
-    args = ap.parse_args()
-    return run_main(lambda: InstrBench(args.bin, args.run))
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli_main(InstrBench))

@@ -39,7 +39,6 @@ Environment:
   BENCH_QUIET_WAIT=300   seconds to wait at most for a quiet machine before each retry
 """
 
-import argparse
 import hashlib
 import http.client
 import os
@@ -53,7 +52,7 @@ import subprocess
 import sys
 import time
 
-from benchlib import BenchError, children, info, kill_ours, log, run_main
+from benchlib import BenchError, children, cli_main, info, kill_ours, log
 
 MARK_VAR = "BENCH_PROXY_RUN"
 QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")
@@ -959,13 +958,5 @@ http {{
                 print(line, flush=True)
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--bin", required=True)
-    ap.add_argument("--run", required=True)
-    args = ap.parse_args()
-    return run_main(lambda: Bench(args.bin, args.run))
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli_main(Bench))

@@ -14,7 +14,6 @@ Environment:
   BENCH_N=100     instances per daemon
 """
 
-import argparse
 import json
 import os
 import random
@@ -28,7 +27,7 @@ import subprocess
 import sys
 import time
 
-from benchlib import BenchError, comm, info, log, run_main
+from benchlib import BenchError, cli_main, comm, info, log
 
 MARK_VAR = "BENCH_SUPERVISE_RUN"
 QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")
@@ -1057,13 +1056,5 @@ def sig(x):
     return f"{x:.3g}"
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--bin", required=True)
-    ap.add_argument("--run", required=True)
-    args = ap.parse_args()
-    return run_main(lambda: Bench(args.bin, args.run))
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli_main(Bench))
