@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 
 use super::listen::Active;
@@ -603,36 +603,45 @@ fn forwarded_headers(
     authority: Option<&hyper::http::uri::Authority>,
 ) -> HeaderMap {
     strip_hop_by_hop(&mut h);
+    // One lookup per header where it may already be there (`entry`), not a test then a write.
     // HTTP/2 clients send no Host header, only :authority; the app gets it as Host.
-    if !h.contains_key(header::HOST) {
-        if let Some(v) = authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
-            h.insert(header::HOST, v);
-        }
-    }
-    let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) => {
-            HeaderValue::from_maybe_shared(Bytes::from(format!("{prev}, {}", conn.peer.ip()))).ok()
-        }
-        None => Some(peer_ip),
+    let host_header = match h.entry(header::HOST) {
+        Entry::Occupied(e) => Some(e.get().clone()),
+        Entry::Vacant(e) => authority
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            .map(|v| e.insert(v).clone()),
     };
-    if let Some(v) = xff {
-        h.insert(X_FORWARDED_FOR.clone(), v);
+    match h.entry(&X_FORWARDED_FOR) {
+        Entry::Occupied(mut e) => {
+            // A previous value that is not text is replaced by the client's address.
+            let v = e
+                .get()
+                .to_str()
+                .ok()
+                .and_then(|prev| {
+                    let joined = format!("{prev}, {}", conn.peer.ip());
+                    HeaderValue::from_maybe_shared(Bytes::from(joined)).ok()
+                })
+                .unwrap_or(peer_ip);
+            e.insert(v);
+        }
+        Entry::Vacant(e) => {
+            e.insert(peer_ip);
+        }
     }
     h.insert(
         X_FORWARDED_PROTO.clone(),
         HeaderValue::from_static(if conn.https { "https" } else { "http" }),
     );
     // Usually the Host header is the host already (lowercase, no port): share its bytes.
-    let forwarded_host = match h.get(header::HOST) {
-        Some(v) if v.as_bytes() == host.as_bytes() => Some(v.clone()),
+    let forwarded_host = match host_header {
+        Some(v) if v.as_bytes() == host.as_bytes() => Some(v),
         _ => HeaderValue::from_str(host).ok(),
     };
     if let Some(v) = forwarded_host {
         h.insert(X_FORWARDED_HOST.clone(), v);
     }
-    if !h.contains_key(&X_REQUEST_ID) {
-        h.insert(X_REQUEST_ID.clone(), request_id());
-    }
+    h.entry(&X_REQUEST_ID).or_insert_with(request_id);
     h
 }
 
@@ -851,5 +860,20 @@ mod tests {
         let out = forwarded_headers(HeaderMap::new(), v6, ip, "example.com", None);
         assert_eq!(out["x-forwarded-for"], "2001:db8::1");
         assert_eq!(out["x-forwarded-proto"], "http");
+
+        // A client's X-Forwarded-For that is not text, and its own X-Request-Id, over two
+        // lines: the address replaces the former, the latter is kept.
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_bytes(b"\xff").unwrap());
+        h.append("x-forwarded-for", HeaderValue::from_static("10.0.0.9"));
+        h.insert("x-request-id", HeaderValue::from_static("abc"));
+        h.insert("host", HeaderValue::from_static("Example.com:8080"));
+        let ip = peer_ip_header(conn.peer.ip());
+        let out = forwarded_headers(h, conn, ip, "example.com", None);
+        let xff: Vec<_> = out.get_all("x-forwarded-for").iter().collect();
+        assert_eq!(xff, ["192.0.2.7"]);
+        assert_eq!(out["x-request-id"], "abc");
+        assert_eq!(out["host"], "Example.com:8080");
+        assert_eq!(out["x-forwarded-host"], "example.com");
     }
 }
