@@ -73,7 +73,6 @@ class InstrBench(pb.Bench):
         super().__init__(bindir, run)
         if not shutil.which("valgrind"):
             raise BenchError("valgrind not found")
-        self.wrap = {}
         self.ready_timeout = 180
         # nginx's worker runs as `nobody` and writes its own file below the run directory.
         os.chmod(run, 0o711)
@@ -97,18 +96,8 @@ class InstrBench(pb.Bench):
         self.wrap = {name: ["valgrind", "--tool=callgrind", "--separate-threads=yes",
                             f"--callgrind-out-file={out_dir}/cg.%p"]}
         # chaind runs the backend, so it runs (plain, when not measured) in every round.
-        chain = pb.Chain(self)
-        chain.start(1)
-        self.proxies = {"chain": chain}
-        pb.wait_until(lambda: pb.answers_ok(self.backend_port), self.ready_timeout,
-                      "the backend (chain unit) to answer", check=chain.check_alive)
-        if name != "chain":
-            p = {"nginx": pb.Nginx, "haproxy": pb.Haproxy}[name](self)
-            p.start(1)
-            self.proxies[name] = p
-        target = self.proxies[name]
-        target.wait_ready()
-        master = target.proc.pid
+        self.start_all(1, [name])
+        master = self.proxies[name].proc.pid
         self.load(name, load, requests)
         self.stop_all()
         return worker_instructions(name, callgrind_files(out_dir), master)

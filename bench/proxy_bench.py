@@ -311,9 +311,8 @@ class Proxy:
     def spawn(self, argv, cwd=None):
         self.out = open(os.path.join(self.dir, "output.log"), "ab")
         # bench/instructions.py runs a proxy under a wrapper (valgrind).
-        wrap = getattr(self.bench, "wrap", {}).get(self.name, [])
         self.proc = subprocess.Popen(
-            wrap + argv,
+            self.bench.wrap.get(self.name, []) + argv,
             stdin=subprocess.DEVNULL,
             stdout=self.out,
             stderr=subprocess.STDOUT,
@@ -334,7 +333,7 @@ class Proxy:
 
     def wait_ready(self):
         wait_until(lambda: answers_ok(self.http_port) and answers_ok(self.https_port, tls=True),
-                   getattr(self.bench, "ready_timeout", 30),
+                   self.bench.ready_timeout,
                    f"{self.name} to proxy GET / on both listeners", check=self.check_alive)
 
     def stop(self):
@@ -587,6 +586,10 @@ class Bench:
         self.make_cert()
         self.write_backend_conf()
         self.proxies = {}
+        # Command prefix per proxy name, and how long a proxy may take to answer after start:
+        # bench/instructions.py runs one under valgrind.
+        self.wrap = {}
+        self.ready_timeout = 30
         try:
             ip = socket.gethostbyname(HOST)
         except OSError:
@@ -650,15 +653,16 @@ http {{
             return []
         return [master] + sorted(children(master))
 
-    def start_all(self, workers):
+    def start_all(self, workers, names=None):
+        """Starts chaind (always: it runs the backend) and the proxies in `names` (PROXIES)."""
         classes = {"chain": Chain, "nginx": Nginx, "haproxy": Haproxy}
         # chaind first: it runs the backend every proxy uses.
         chain = Chain(self)
         chain.start(workers)
         self.proxies = {"chain": chain}
-        wait_until(lambda: answers_ok(self.backend_port), 30, "the backend (chain unit) to answer",
-                   check=chain.check_alive)
-        for name in PROXIES:
+        wait_until(lambda: answers_ok(self.backend_port), self.ready_timeout,
+                   "the backend (chain unit) to answer", check=chain.check_alive)
+        for name in PROXIES if names is None else names:
             if name == "chain":
                 continue
             p = classes[name](self)

@@ -120,11 +120,17 @@ pub fn pick_worker(me: usize, open: &[usize]) -> usize {
 }
 
 impl Balance {
-    fn counts(&self) -> Vec<usize> {
-        self.open
+    /// [`pick_worker`] over the current counts; nothing to weigh with one worker.
+    fn pick(&self, me: usize) -> usize {
+        if self.open.len() == 1 {
+            return me;
+        }
+        let open: Vec<usize> = self
+            .open
             .iter()
             .map(|n| n.load(Ordering::Relaxed))
-            .collect()
+            .collect();
+        pick_worker(me, &open)
     }
 }
 
@@ -326,7 +332,7 @@ async fn serve(
                         continue;
                     };
                     let _ = stream.set_nodelay(true);
-                    let to = pick_worker(me.n, &me.balance.counts());
+                    let to = me.balance.pick(me.n);
                     if to != me.n {
                         hand_off(&me.balance, to, index, stream, peer, slot);
                         continue;

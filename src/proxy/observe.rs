@@ -89,7 +89,6 @@ impl Observer {
             })
         });
         Record {
-            on: true,
             metrics: self.metrics.clone(),
             start: Some(Instant::now()),
             route: None,
@@ -108,9 +107,8 @@ fn header_string(h: &HeaderMap) -> Option<String> {
 /// One request as it goes; see the module docs.
 #[derive(Default)]
 pub struct Record {
-    /// False when nothing observes requests.
-    on: bool,
     metrics: Option<Arc<Metrics>>,
+    /// None when nothing observes requests.
     start: Option<Instant>,
     route: Option<Arc<RouteStats>>,
     upstream: Option<Arc<Upstream>>,
@@ -121,7 +119,7 @@ pub struct Record {
 impl Record {
     /// The request matched `route`.
     pub fn route(&mut self, route: &Route) {
-        if !self.on {
+        if self.start.is_none() {
             return;
         }
         self.route = route.stats.clone();
@@ -132,7 +130,7 @@ impl Record {
 
     /// The request is being sent to `up` (the last call wins after a retry).
     pub fn upstream(&mut self, up: &Arc<Upstream>) {
-        if self.on {
+        if self.start.is_some() {
             self.upstream = Some(up.clone());
         }
     }
@@ -153,7 +151,7 @@ impl Record {
 
     /// Records the answer and returns it (with its body wrapped when there is an access log).
     pub fn finish(self, resp: Response<ProxyBody>) -> Response<ProxyBody> {
-        let (true, Some(start)) = (self.on, self.start) else {
+        let Some(start) = self.start else {
             return resp;
         };
         let status = resp.status().as_u16();
