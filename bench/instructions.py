@@ -93,8 +93,10 @@ class InstrBench(pb.Bench):
         out_dir = os.path.join(self.run, f"cg-{name}-{load}-{requests}")
         os.makedirs(out_dir)
         os.chmod(out_dir, 0o1777)
+        # --fair-sched: sled's lazy start-up spins on a flag another thread sets, which can
+        # starve that thread under valgrind's default scheduling.
         self.wrap = {name: ["valgrind", "--tool=callgrind", "--separate-threads=yes",
-                            f"--callgrind-out-file={out_dir}/cg.%p"]}
+                            "--fair-sched=yes", f"--callgrind-out-file={out_dir}/cg.%p"]}
         # chaind runs the backend, so it runs (plain, when not measured) in every round.
         self.start_all(1, [name])
         master = self.proxies[name].proc.pid

@@ -13,6 +13,8 @@
 //! - `EXIT_CODE` (default `1`, 0-255): exit code used by `CRASH_AFTER_MS`.
 //! - `UNHEALTHY_FILE` (optional): while this file exists, `/health` answers 503.
 //! - `DRAIN_TIMEOUT_MS` (default `30000`): longest wait for connections on shutdown.
+//! - `IDLE_TIMEOUT_MS` (optional): a keep-alive connection with no request for this long is
+//!   closed, without notice (Node's `keepAliveTimeout`; proxy tests).
 //!
 //! Routes (every response carries `x-version`, `x-instance` and `x-pid`):
 //! - `GET /` → 200 `{VERSION}\n`
@@ -53,7 +55,7 @@ use hyper::header::{HeaderValue, CONNECTION};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
@@ -78,6 +80,7 @@ struct Config {
     exit_code: u8,
     unhealthy_file: Option<PathBuf>,
     drain_timeout: Duration,
+    idle_timeout: Option<Duration>,
 }
 
 /// Reads `name`; unset or empty is `None`, unparsable is an error message.
@@ -121,6 +124,7 @@ impl Config {
             exit_code: env_opt("EXIT_CODE")?.unwrap_or(1),
             unhealthy_file: env_opt("UNHEALTHY_FILE")?,
             drain_timeout: millis("DRAIN_TIMEOUT_MS")?.unwrap_or(Duration::from_secs(30)),
+            idle_timeout: millis("IDLE_TIMEOUT_MS")?,
         })
     }
 }
@@ -130,6 +134,7 @@ struct App {
     version: String,
     headers: [(&'static str, HeaderValue); 3],
     unhealthy_file: Option<PathBuf>,
+    idle_timeout: Option<Duration>,
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -355,11 +360,18 @@ async fn handle(
 /// Serves one connection. Holding `drain` is what keeps shutdown waiting for it.
 async fn serve_conn(stream: TcpStream, app: Arc<App>, mut drain: watch::Receiver<bool>) {
     let exit = Arc::new(Mutex::new(None));
+    let idle_timeout = app.idle_timeout;
     let svc = {
         let exit = exit.clone();
         service_fn(move |req| handle(req, app.clone(), exit.clone()))
     };
-    let conn = http1::Builder::new()
+    let mut builder = http1::Builder::new();
+    if let Some(idle) = idle_timeout {
+        // hyper's header-read timer runs from the moment it waits for a request head,
+        // so it also closes a keep-alive connection idle for that long.
+        builder.timer(TokioTimer::new()).header_read_timeout(idle);
+    }
+    let conn = builder
         .serve_connection(TokioIo::new(stream), svc)
         .with_upgrades();
     let mut conn = std::pin::pin!(conn);
@@ -455,6 +467,7 @@ async fn run(cfg: Config) -> Result<(), String> {
         ],
         version: cfg.version,
         unhealthy_file: cfg.unhealthy_file,
+        idle_timeout: cfg.idle_timeout,
     });
 
     // Every connection task holds a receiver; the sender sees when all are gone.

@@ -205,6 +205,34 @@ fn oversized_body_is_413() {
     assert_eq!(r.status, 413);
 }
 
+/// Bodies of several megabytes stream through both ways, byte for byte, and the upstream
+/// connection they used serves the next request (the response body drives it to its end).
+#[test]
+fn large_bodies_stream_both_ways() {
+    let d = TestDaemon::start_with(
+        &[("web", &routed(1, "v1", "path = \"/\""))],
+        &["--http", "127.0.0.1:0"],
+    );
+    d.wait_running("web", 1);
+    let mut c = KeepAlive::new(d.http_addr());
+    eventually(Duration::from_secs(5), "routed", || {
+        (c.get("/").ok()?.status == 200).then_some(())
+    });
+    let upload: Vec<u8> = (0..5 << 20).map(|i: u32| (i % 251) as u8).collect();
+    for round in 0..3 {
+        let r = c.request("POST", "/echo", "x", &upload).unwrap();
+        assert_eq!(r.status, 200, "round {round}");
+        assert!(r.body == upload, "round {round}: the echoed body differs");
+        let n = 8 << 20;
+        let r = c.get(&format!("/text?bytes={n}")).unwrap();
+        assert_eq!((r.status, r.body.len()), (200, n), "round {round}");
+        assert!(
+            r.body.starts_with(b"chain chain ") && r.body.ends_with(b"chain "[..n % 6].as_ref())
+        );
+        assert_eq!(c.get("/").unwrap().text(), "v1\n");
+    }
+}
+
 /// An instance killed behind the proxy's back: the failed connect is retried on another
 /// instance (no error for the client), and the dead one is skipped afterwards.
 #[test]
@@ -233,5 +261,48 @@ fn killed_instance_is_retried_and_skipped() {
         let r = c.get("/").unwrap();
         assert_eq!(r.status, 200, "a request failed after the kill");
         assert_ne!(r.header("x-pid"), Some(victim.to_string().as_str()));
+    }
+}
+
+/// Connections from the proxy to `port` that the instance still holds open: its side of
+/// each, ESTABLISHED, from /proc/net/tcp.
+fn established_to(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3
+                && f[3] == "01"
+                && f[1]
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| u16::from_str_radix(p, 16).ok())
+                    == Some(port)
+        })
+        .count()
+}
+
+/// An instance that closes keep-alive connections left idle (as Node does after its
+/// `keepAliveTimeout`): each request after such a close still gets its answer, sent on another
+/// connection, never a 502.
+#[test]
+fn instance_closing_idle_connections_costs_no_request() {
+    let unit = format!(
+        "{}\n[[route]]\npath = \"/\"\n",
+        demo_unit(1, "v1", "IDLE_TIMEOUT_MS = \"100\"")
+    );
+    let d = TestDaemon::start_with(&[("web", &unit)], &["--http", "127.0.0.1:0"]);
+    let port = d.wait_running("web", 1)[0].port.unwrap();
+    let mut c = KeepAlive::new(d.http_addr());
+    for round in 0..5 {
+        let r = c.get("/").unwrap();
+        assert_eq!(r.status, 200, "round {round}: {}", r.text());
+        eventually(
+            Duration::from_secs(10),
+            "the instance to close its idle connections",
+            || (established_to(port) == 0).then_some(()),
+        );
     }
 }
