@@ -12,14 +12,14 @@ BENCH_INSTR_BASE requests (default 2,000) and once for BENCH_INSTR_BASE + BENCH_
 +10,000); the difference of the proxy worker's instruction counts divided by BENCH_INSTR_N is
 the figure, so start-up and connection set-up cancel out. The worker is chaind's thread that
 ran `proxy::forward::handle`, nginx's worker process (not the master), haproxy's busiest thread.
-Loads (h2load, 8 connections): `http` (HTTP/1.1 keep-alive, plain), `https` (HTTP/1.1 over TLS,
+Loads (h2load, 8 connections unless BENCH_INSTR_CONNS): `http` (HTTP/1.1 keep-alive, plain), `https` (HTTP/1.1 over TLS,
 keep-alive), `h2` (HTTP/2 over TLS, 10 streams per connection).
 
 Output: `RESULT instr_<load>_per_req_w1 chain=<v> nginx=<v> ratio=<chain/nginx>`, and the same
 against haproxy.
 
 Environment: BENCH_INSTR_N=10000  BENCH_INSTR_BASE=2000  BENCH_INSTR_LOADS=http,https,h2
-BENCH_PROXIES=chain,nginx,haproxy
+BENCH_INSTR_CONNS=8 (h2load connections)  BENCH_PROXIES=chain,nginx,haproxy
 """
 
 import glob
@@ -36,7 +36,7 @@ from benchlib import BenchError, cli_main, info, log  # noqa: E402
 N = int(os.environ.get("BENCH_INSTR_N", "10000"))
 BASE = int(os.environ.get("BENCH_INSTR_BASE", "2000"))
 LOADS = [x for x in os.environ.get("BENCH_INSTR_LOADS", "http,https,h2").split(",") if x]
-CONNS = 8
+CONNS = int(os.environ.get("BENCH_INSTR_CONNS", "8"))
 
 # A symbol only the proxy worker runs, to find its thread among chaind's.
 MARKER = {"chain": "proxy::forward::handle"}

@@ -13,6 +13,20 @@ fn routed(instances: u32, version: &str, route: &str) -> String {
     )
 }
 
+/// A daemon with one demo instance ("v1") behind `route`, and a client it already answers.
+fn one_instance(route: &str) -> (TestDaemon, KeepAlive) {
+    let d = TestDaemon::start_with(
+        &[("web", &routed(1, "v1", route))],
+        &["--http", "127.0.0.1:0"],
+    );
+    d.wait_running("web", 1);
+    let mut c = KeepAlive::new(d.http_addr());
+    eventually(Duration::from_secs(5), "routed", || {
+        (c.get("/").ok()?.status == 200).then_some(())
+    });
+    (d, c)
+}
+
 /// Host and longest-prefix routing, strip_prefix, 404 without a route, and the forwarded
 /// headers the app sees.
 #[test]
@@ -142,15 +156,7 @@ fn round_robin_and_no_instance() {
 /// body, and the client's connection stays usable.
 #[test]
 fn slow_instance_is_504() {
-    let d = TestDaemon::start_with(
-        &[("web", &routed(1, "v1", "path = \"/\"\ntimeout = \"300ms\""))],
-        &["--http", "127.0.0.1:0"],
-    );
-    d.wait_running("web", 1);
-    let mut c = KeepAlive::new(d.http_addr());
-    eventually(Duration::from_secs(5), "routed", || {
-        (c.get("/").ok()?.status == 200).then_some(())
-    });
+    let (_d, mut c) = one_instance("path = \"/\"\ntimeout = \"300ms\"");
     let r = c.get("/sleep?ms=5000").unwrap();
     assert_eq!(
         (r.status, r.text().as_str()),
@@ -190,15 +196,7 @@ fn broken_instance_is_502() {
 /// A body larger than max_body gets 413 (declared length, and chunked).
 #[test]
 fn oversized_body_is_413() {
-    let d = TestDaemon::start_with(
-        &[("web", &routed(1, "v1", "max_body = \"1KiB\""))],
-        &["--http", "127.0.0.1:0"],
-    );
-    d.wait_running("web", 1);
-    let mut c = KeepAlive::new(d.http_addr());
-    eventually(Duration::from_secs(5), "routed", || {
-        (c.get("/").ok()?.status == 200).then_some(())
-    });
+    let (_d, mut c) = one_instance("max_body = \"1KiB\"");
     let r = c.request("POST", "/echo", "x", &[b'a'; 512]).unwrap();
     assert_eq!((r.status, r.body.len()), (200, 512));
     let r = c.request("POST", "/echo", "x", &[b'a'; 4096]).unwrap();
@@ -209,15 +207,7 @@ fn oversized_body_is_413() {
 /// connection they used serves the next request (the response body drives it to its end).
 #[test]
 fn large_bodies_stream_both_ways() {
-    let d = TestDaemon::start_with(
-        &[("web", &routed(1, "v1", "path = \"/\""))],
-        &["--http", "127.0.0.1:0"],
-    );
-    d.wait_running("web", 1);
-    let mut c = KeepAlive::new(d.http_addr());
-    eventually(Duration::from_secs(5), "routed", || {
-        (c.get("/").ok()?.status == 200).then_some(())
-    });
+    let (_d, mut c) = one_instance("path = \"/\"");
     let upload: Vec<u8> = (0..5 << 20).map(|i: u32| (i % 251) as u8).collect();
     for round in 0..3 {
         let r = c.request("POST", "/echo", "x", &upload).unwrap();

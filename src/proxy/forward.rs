@@ -17,7 +17,7 @@ use hyper::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 
 use super::listen::Active;
-use super::pool::{Link, SendError};
+use super::pool::{SendError, Sender};
 use super::table::{Client, InflightGuard, Route};
 use super::Shared;
 use crate::unit::BalancePolicy;
@@ -245,17 +245,16 @@ async fn send(
                 up.record_failure(&spec);
                 return Err(StatusCode::GATEWAY_TIMEOUT);
             }
-            Ok(Ok((resp, link))) => {
+            Ok(Ok((resp, sender))) => {
                 up.record_success();
                 obs.upstream_status(resp.status());
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                     if let Some(client) = client_upgrade.take() {
-                        link.detach();
                         return Ok(super::upgrade::tunnel(resp, client, guard, empty_body()));
                     }
                 }
                 let id = up.id;
-                let mut resp = response(resp, guard, link, active);
+                let mut resp = response(resp, guard, sender, active);
                 if gzip {
                     resp = super::compress::maybe_gzip(resp);
                 }
@@ -410,7 +409,7 @@ fn security_headers(
 fn response(
     resp: Response<Incoming>,
     guard: InflightGuard,
-    link: Link,
+    sender: Sender,
     active: Active,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
@@ -418,7 +417,7 @@ fn response(
     let mut body = Guarded {
         inner: body,
         guard: Some(guard),
-        link: Some(link),
+        conn: Some(sender),
         _active: active,
     };
     // hyper does not poll a body that says it is empty (HEAD, 204, 304, Content-Length: 0).
@@ -429,46 +428,25 @@ fn response(
     Response::from_parts(parts, body)
 }
 
-/// A response body that drives its upstream connection while the client reads it (see
-/// `pool`), keeps the upstream's in-flight count until it is fully sent (or the client goes
-/// away), and then gives the connection back to the pool.
+/// A response body that keeps the upstream's in-flight count until it is fully sent (or the
+/// client goes away), and then gives its connection back to the pool.
 struct Guarded {
     inner: Incoming,
     guard: Option<InflightGuard>,
     /// The upstream connection, released once the body has been read to its end; dropped
     /// (and so closed) when the body is not read to the end.
-    link: Option<Link>,
+    conn: Option<Sender>,
     /// Keeps the client connection from looking idle while the body streams.
     _active: Active,
 }
 
 impl Guarded {
     fn done(&mut self) {
-        if let (Some(guard), Some(link)) = (self.guard.take(), self.link.take()) {
-            super::pool::release(guard.upstream(), link);
+        if let (Some(guard), Some(sender)) = (self.guard.take(), self.conn.take()) {
+            super::pool::release(guard.upstream(), sender);
         }
         self.guard = None;
-        self.link = None;
-    }
-
-    /// The next frame of the body, driving the connection for it.
-    fn next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let Some(link) = self.link.as_mut() else {
-            return Pin::new(&mut self.inner).poll_frame(cx);
-        };
-        // Body data comes only from driving the connection, which happens right here: the
-        // body is polled without a waker, and taking a frame (which frees the connection to
-        // send the next) wakes nobody, since a poll that finds no frame drives it.
-        let inner = &mut self.inner;
-        let quiet = &mut Context::from_waker(std::task::Waker::noop());
-        if let Poll::Ready(frame) = link.quietly(|| Pin::new(&mut *inner).poll_frame(quiet)) {
-            return Poll::Ready(frame);
-        }
-        if link.drive(cx) {
-            self.link = None;
-            return Pin::new(&mut self.inner).poll_frame(cx);
-        }
-        link.quietly(|| Pin::new(inner).poll_frame(quiet))
+        self.conn = None;
     }
 }
 
@@ -480,14 +458,14 @@ impl Body for Guarded {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let poll = self.next(cx);
+        let poll = Pin::new(&mut self.inner).poll_frame(cx);
         match &poll {
             Poll::Ready(None) => self.done(),
             // With a Content-Length, hyper stops polling once the body says it has ended.
             Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.done(),
             Poll::Ready(Some(Err(_))) => {
                 self.guard = None;
-                self.link = None;
+                self.conn = None;
             }
             _ => {}
         }
