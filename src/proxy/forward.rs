@@ -266,17 +266,9 @@ async fn send(
                 }
                 return Ok(resp);
             }
-            Ok(Err(SendError::Request(e))) => {
-                if body_too_large(&e) {
-                    return Err(StatusCode::PAYLOAD_TOO_LARGE);
-                }
-                up.record_failure(&spec);
-                tracing::debug!(unit = %up.unit, addr = %up.addr, error = %e, attempt, "upstream request failed");
-                return Err(StatusCode::BAD_GATEWAY);
-            }
+            Ok(Err(SendError::Request(e))) => return Err(request_failed(&up, &spec, &e, attempt)),
             Ok(Err(SendError::Connect(e, unsent))) => {
-                up.record_failure(&spec);
-                tracing::debug!(unit = %up.unit, addr = %up.addr, error = %e, attempt, "cannot connect to upstream");
+                connect_failed(&up, &spec, &e, attempt);
                 // Nothing reached the instance, so any request can go to another instance
                 // of the route as the current table has it (once).
                 let next = (attempt == 0)
@@ -301,6 +293,38 @@ async fn send(
 
 /// Name of the cookie that pins a client to an instance on `policy = "cookie"` routes.
 const AFFINITY_COOKIE: &str = "chain_affinity";
+
+/// The instance took the request and failed it (or its body was too large): counted as a
+/// failure of the instance unless the body was the problem. Error paths are out of line
+/// (`#[cold]`), so that the code of a forwarded request sits in fewer cache lines.
+#[cold]
+#[inline(never)]
+fn request_failed(
+    up: &super::table::Upstream,
+    spec: &crate::unit::RouteSpec,
+    e: &hyper::Error,
+    attempt: u32,
+) -> StatusCode {
+    if body_too_large(e) {
+        return StatusCode::PAYLOAD_TOO_LARGE;
+    }
+    up.record_failure(spec);
+    tracing::debug!(unit = %up.unit, addr = %up.addr, error = %e, attempt, "upstream request failed");
+    StatusCode::BAD_GATEWAY
+}
+
+/// No connection to the instance could be made.
+#[cold]
+#[inline(never)]
+fn connect_failed(
+    up: &super::table::Upstream,
+    spec: &crate::unit::RouteSpec,
+    e: &std::io::Error,
+    attempt: u32,
+) {
+    up.record_failure(spec);
+    tracing::debug!(unit = %up.unit, addr = %up.addr, error = %e, attempt, "cannot connect to upstream");
+}
 
 fn affinity_cookie(h: &HeaderMap) -> Option<String> {
     h.get_all(header::COOKIE)
@@ -342,6 +366,7 @@ fn https_redirect(shared: &Shared, route: &Route, host: &str, uri: &Uri) -> Opti
     Some(format!("https://{authority}{path}"))
 }
 
+#[cold]
 fn redirect(method: &Method, location: &str) -> Response<ProxyBody> {
     // 301 for reads, as nginx does; 308 keeps the method and body of anything else.
     let status = if matches!(*method, Method::GET | Method::HEAD) {
@@ -689,6 +714,7 @@ fn empty_body() -> ProxyBody {
 }
 
 /// Short plain error pages: the status line and nothing an attacker can use.
+#[cold]
 pub fn plain(status: StatusCode) -> Response<ProxyBody> {
     let text = format!(
         "{} {}\n",

@@ -158,6 +158,7 @@ pub fn check(route: &super::table::Route, ip: IpAddr) -> Option<Response<ProxyBo
 }
 
 /// The 429 answer: a short plain body and `Retry-After` in whole seconds, rounded up.
+#[cold]
 pub fn too_many_requests(wait: Duration) -> Response<ProxyBody> {
     let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
     let mut r = Response::new(

@@ -28,6 +28,7 @@ pub fn requested(h: &HeaderMap) -> Option<HeaderValue> {
 }
 
 /// Answers the client with the instance's 101 and splices the two upgraded connections.
+#[cold]
 pub fn tunnel(
     mut resp: Response<hyper::body::Incoming>,
     client: OnUpgrade,
