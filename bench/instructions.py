@@ -16,10 +16,14 @@ Loads (h2load, 8 connections unless BENCH_INSTR_CONNS): `http` (HTTP/1.1 keep-al
 keep-alive), `h2` (HTTP/2 over TLS, 10 streams per connection).
 
 Output: `RESULT instr_<load>_per_req_w1 chain=<v> nginx=<v> ratio=<chain/nginx>`, and the same
-against haproxy.
+against haproxy. With BENCH_INSTR_CACHE=1 callgrind also simulates the caches (`--cache-sim=yes`,
+the host's cache sizes), and two more rows per load: `i1miss_<load>_per_req_w1` (L1
+instruction-cache misses) and `estcycles_<load>_per_req_w1` (instructions + 10 x L1 misses +
+100 x last-level misses, kcachegrind's cycle estimate). A build with fewer instructions can
+still cost more CPU when its code spreads over more cache lines; this shows it.
 
 Environment: BENCH_INSTR_N=10000  BENCH_INSTR_BASE=2000  BENCH_INSTR_LOADS=http,https,h2
-BENCH_INSTR_CONNS=8 (h2load connections)  BENCH_PROXIES=chain,nginx,haproxy
+BENCH_INSTR_CONNS=8 (h2load connections)  BENCH_INSTR_CACHE=0  BENCH_PROXIES=chain,nginx,haproxy
 """
 
 import glob
@@ -37,35 +41,51 @@ N = int(os.environ.get("BENCH_INSTR_N", "10000"))
 BASE = int(os.environ.get("BENCH_INSTR_BASE", "2000"))
 LOADS = [x for x in os.environ.get("BENCH_INSTR_LOADS", "http,https,h2").split(",") if x]
 CONNS = int(os.environ.get("BENCH_INSTR_CONNS", "8"))
+CACHE = os.environ.get("BENCH_INSTR_CACHE", "0") == "1"
 
 # A symbol only the proxy worker runs, to find its thread among chaind's.
 MARKER = {"chain": "proxy::forward::handle"}
 
 
 def callgrind_files(out_dir):
-    """(pid, total instructions, text) of each thread's callgrind file in out_dir."""
+    """(pid, {event: total}, text) of each thread's callgrind file in out_dir; the events are
+    Ir and, with the cache simulation, I1mr, D1mr, ILmr, ..."""
     files = []
     for path in glob.glob(os.path.join(out_dir, "cg.*")):
         text = open(path, errors="replace").read()
         pid = re.search(r"^pid:\s*(\d+)", text, re.M)
-        total = re.search(r"^(?:summary|totals):\s*(\d+)", text, re.M)
-        if pid and total:
-            files.append((int(pid.group(1)), int(total.group(1)), text))
+        names = re.search(r"^events:\s*(.*)$", text, re.M)
+        total = re.search(r"^(?:summary|totals):\s*(.*)$", text, re.M)
+        if pid and names and total:
+            events = dict(zip(names.group(1).split(), map(int, total.group(1).split())))
+            files.append((int(pid.group(1)), events, text))
     return files
 
 
-def worker_instructions(name, files, master_pid):
+def worker_events(name, files, master_pid):
+    """The events of `name`'s worker thread (the one with the most instructions)."""
     marker = MARKER.get(name)
     if marker:
-        hits = [t for _, t, text in files if marker in text]
+        hits = [e for _, e, text in files if marker in text]
         if not hits:
             raise BenchError(f"{name}: no thread ran {marker}")
-        return max(hits)
-    # nginx forks its workers from the master; haproxy runs in one process.
-    workers = [t for pid, t, _ in files if pid != master_pid] or [t for _, t, _ in files]
-    if not workers:
-        raise BenchError(f"{name}: no callgrind output")
-    return max(workers)
+    else:
+        # nginx forks its workers from the master; haproxy runs in one process.
+        hits = [e for pid, e, _ in files if pid != master_pid] or [e for _, e, _ in files]
+        if not hits:
+            raise BenchError(f"{name}: no callgrind output")
+    return max(hits, key=lambda e: e["Ir"])
+
+
+def figures(events):
+    """The reported figures of one run's events."""
+    out = {"instr": events["Ir"]}
+    if "I1mr" in events:
+        l1 = sum(events.get(k, 0) for k in ("I1mr", "D1mr", "D1mw"))
+        ll = sum(events.get(k, 0) for k in ("ILmr", "DLmr", "DLmw"))
+        out["i1miss"] = events["I1mr"]
+        out["estcycles"] = events["Ir"] + 10 * l1 + 100 * ll
+    return out
 
 
 class InstrBench(pb.Bench):
@@ -89,20 +109,21 @@ class InstrBench(pb.Bench):
             raise BenchError(f"h2load against {name} did not complete {requests} requests:\n{out}")
 
     def measure(self, name, load, requests):
-        """Instructions of `name`'s worker for `requests` requests of `load` (plus start-up)."""
+        """Figures of `name`'s worker for `requests` requests of `load` (plus start-up)."""
         out_dir = os.path.join(self.run, f"cg-{name}-{load}-{requests}")
         os.makedirs(out_dir)
         os.chmod(out_dir, 0o1777)
         # --fair-sched: sled's lazy start-up spins on a flag another thread sets, which can
         # starve that thread under valgrind's default scheduling.
         self.wrap = {name: ["valgrind", "--tool=callgrind", "--separate-threads=yes",
-                            "--fair-sched=yes", f"--callgrind-out-file={out_dir}/cg.%p"]}
+                            "--fair-sched=yes", f"--cache-sim={'yes' if CACHE else 'no'}",
+                            f"--callgrind-out-file={out_dir}/cg.%p"]}
         # chaind runs the backend, so it runs (plain, when not measured) in every round.
         self.start_all(1, [name])
         master = self.proxies[name].proc.pid
         self.load(name, load, requests)
         self.stop_all()
-        return worker_instructions(name, callgrind_files(out_dir), master)
+        return figures(worker_events(name, callgrind_files(out_dir), master))
 
     def main(self):
         info("plan", mode="instructions", requests=N, base=BASE, loads=",".join(LOADS),
@@ -113,16 +134,17 @@ class InstrBench(pb.Bench):
                 log(f"{name}, {load}: {BASE} and {BASE + N} requests under callgrind")
                 small = self.measure(name, load, BASE)
                 big = self.measure(name, load, BASE + N)
-                per_req[(load, name)] = (big - small) / N
-                info("instructions", proxy=name, load=load, base=small, full=big,
-                     per_req=f"{per_req[(load, name)]:.0f}")
+                per_req[(load, name)] = {k: (big[k] - small[k]) / N for k in big}
+                info("per_request", proxy=name, load=load,
+                     **{k: f"{v:.0f}" for k, v in per_req[(load, name)].items()})
         for other in ("nginx", "haproxy"):
             for load in LOADS:
                 c, o = per_req.get((load, "chain")), per_req.get((load, other))
                 if c is None or o is None:
                     continue
-                print(f"RESULT instr_{load}_per_req_w1 chain={c:.0f} {other}={o:.0f} "
-                      f"ratio={pb.sig(c / o)}", flush=True)
+                for fig in c:
+                    print(f"RESULT {fig}_{load}_per_req_w1 chain={c[fig]:.0f} "
+                          f"{other}={o[fig]:.0f} ratio={pb.sig(c[fig] / o[fig])}", flush=True)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@
 #   BENCH_INSTR=1      instead of the load runs: user-space instructions per request of each
 #                      proxy's worker under valgrind (callgrind), a figure that does not move
 #                      between runs (bench/instructions.py; installs valgrind when missing)
+#   BENCH_INSTR_CACHE=1  with BENCH_INSTR=1: also simulated L1 instruction-cache misses and
+#                      estimated cycles per request (callgrind --cache-sim=yes)
 #   BENCH_WORKERS=1,2  BENCH_ROWS=https,http,newconn,newconn_paced,h2  BENCH_PROXIES=chain,nginx,haproxy
 #   BENCH_RUNS=N BENCH_DURATION=S  BENCH_NGINX_KEEPALIVE=256  BENCH_MAX_FOREIGN=0.25
 #   (see bench/proxy_bench.py)
