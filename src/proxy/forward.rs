@@ -291,9 +291,6 @@ async fn send(
     Err(StatusCode::BAD_GATEWAY)
 }
 
-/// Name of the cookie that pins a client to an instance on `policy = "cookie"` routes.
-const AFFINITY_COOKIE: &str = "chain_affinity";
-
 /// The instance took the request and failed it (or its body was too large): counted as a
 /// failure of the instance unless the body was the problem. Error paths are out of line
 /// (`#[cold]`), so that the code of a forwarded request sits in fewer cache lines.
@@ -325,6 +322,9 @@ fn connect_failed(
     up.record_failure(spec);
     tracing::debug!(unit = %up.unit, addr = %up.addr, error = %e, attempt, "cannot connect to upstream");
 }
+
+/// Name of the cookie that pins a client to an instance on `policy = "cookie"` routes.
+const AFFINITY_COOKIE: &str = "chain_affinity";
 
 fn affinity_cookie(h: &HeaderMap) -> Option<String> {
     h.get_all(header::COOKIE)
