@@ -13,6 +13,11 @@
 //! to its end; a connection whose response was not read to the end is dropped, and hyper
 //! closes it.
 //!
+//! Each connection is driven by a task of its own (spawned in `connect`). Driving it inside
+//! the request's task instead was measured: fewer instructions and task polls, but more CPU
+//! time per request, because hyper's server and client code then alternate for every request
+//! and miss the instruction cache more often (docs/benchmarks.md, "Tried and reverted").
+//!
 //! Connections belong to one instance incarnation (`Upstream`), not just to an address: once
 //! the instance is retired (draining, or gone from every table) its connections are closed,
 //! idle ones by [`prune`] at once, busy ones when they are released. An app that waits for its
