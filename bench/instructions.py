@@ -98,8 +98,8 @@ class InstrBench(pb.Bench):
         os.chmod(run, 0o711)
 
     def load(self, name, load, requests):
-        port = self.target_port(name, "http" if load == "http" else "https")
         scheme = "http" if load == "http" else "https"
+        port = self.target_port(name, scheme)
         argv = ["h2load", "-n", str(requests), "-c", str(CONNS), "-t", "1"]
         argv += ["-m", "10"] if load == "h2" else ["--h1"]
         argv.append(f"{scheme}://{pb.HOST}:{port}/")
