@@ -339,6 +339,22 @@ mod tests {
         }
     }
 
+    /// Opens the store at `dir` again after a handle to it was dropped. sled releases its file
+    /// lock from a background thread shortly after the last handle goes, so an open at once
+    /// can still find the lock held; it is retried until it succeeds (5 s at most).
+    fn reopen(dir: &Path) -> Store {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match Store::open(dir) {
+                Ok(s) => return s,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => panic!("store still locked after 5 s: {e}"),
+            }
+        }
+    }
+
     /// Events get increasing sequence numbers and survive reopening the store.
     #[test]
     fn events_are_sequenced_and_durable() {
@@ -351,7 +367,7 @@ mod tests {
             }
             s.flush().unwrap();
         }
-        let s = Store::open(dir.path()).unwrap();
+        let s = reopen(dir.path());
         let all = s.recent_events(10, None).unwrap();
         assert_eq!(
             all.iter().map(|e| e.seq).collect::<Vec<_>>(),
@@ -376,7 +392,7 @@ mod tests {
             s.flush().unwrap();
             (g, s.store_id().unwrap())
         };
-        let s = Store::open(dir.path()).unwrap();
+        let s = reopen(dir.path());
         assert!(s.next_generation().unwrap() > g1);
         assert_eq!(s.store_id().unwrap(), id1);
     }
