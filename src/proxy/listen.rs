@@ -548,6 +548,8 @@ pub struct Activity {
     open: AtomicU32,
     /// Milliseconds from `start` to the end of the latest request.
     last_end_ms: AtomicU64,
+    /// The connection's upstream timer, reused by its requests.
+    upstream_timer: forward::UpstreamTimer,
 }
 
 /// One request being served; counts as activity until dropped.
@@ -559,6 +561,7 @@ impl Activity {
             start: tokio::time::Instant::now(),
             open: AtomicU32::new(0),
             last_end_ms: AtomicU64::new(0),
+            upstream_timer: forward::UpstreamTimer::default(),
         }
     }
 
@@ -585,6 +588,13 @@ impl Activity {
             }
             deadline = last + limit;
         }
+    }
+}
+
+impl Active {
+    /// The timer the connection's upstream exchanges are timed with.
+    pub fn upstream_timer(&self) -> &forward::UpstreamTimer {
+        &self.0.upstream_timer
     }
 }
 
