@@ -626,17 +626,23 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
         return;
     }
     // Headers named in Connection are hop-by-hop too. Its usual tokens (close, keep-alive,
-    // upgrade) name no other header, or one already found above.
+    // upgrade) name no other header, or one already found above. One lookup reads and removes
+    // the Connection lines (many responses carry one), and the list of other names stays
+    // empty, so unallocated, unless a token names another header.
     if present[0] {
-        let named: Vec<HeaderName> = h
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .filter(|t| !names_no_other_header(t))
-            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-            .collect();
+        present[0] = false;
+        let mut named: Vec<HeaderName> = Vec::new();
+        if let Entry::Occupied(e) = h.entry(header::CONNECTION) {
+            for v in e.remove_entry_mult().1 {
+                let tokens = v.to_str().into_iter().flat_map(|v| v.split(','));
+                named.extend(
+                    tokens
+                        .map(str::trim)
+                        .filter(|t| !names_no_other_header(t))
+                        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok()),
+                );
+            }
+        }
         for n in named {
             h.remove(n);
         }
