@@ -13,6 +13,13 @@
 //! the other idles). So the accepting worker hands a new connection to the worker with the
 //! fewest open connections when that is fewer than its own ([`Balance`], a pure choice over
 //! per-worker counters), before the TLS handshake; the socket moves to that worker's runtime.
+//!
+//! A TLS handshake's costly step, answering the ClientHello (key exchange and signature, a few
+//! hundred microseconds), takes turns with the worker's other work ([`HandshakeLane`]): between
+//! two such steps, every request already waiting on the worker is served. A burst of new
+//! connections then delays the requests of connections already open by one step at most,
+//! instead of by every handshake queued ahead of them; HAProxy runs handshakes at a lower
+//! priority than other work for the same reason.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -28,7 +35,7 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::{LazyConfigAcceptor, TlsAcceptor};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
@@ -233,6 +240,7 @@ async fn worker(
     stop: CancellationToken,
 ) {
     let connections = TaskTracker::new();
+    let lane = Arc::new(HandshakeLane::default());
     let mut loops = Vec::new();
     for (index, (l, inbox)) in listeners.into_iter().zip(inbox).enumerate() {
         match TcpListener::from_std(l.socket) {
@@ -243,6 +251,7 @@ async fn worker(
                     socket,
                     inbox,
                     tls: l.tls,
+                    lane: lane.clone(),
                 },
                 shared.clone(),
                 cfg.clone(),
@@ -281,6 +290,8 @@ struct Seat {
     /// Connections other workers accepted on this listener for this one.
     inbox: mpsc::UnboundedReceiver<Handoff>,
     tls: Option<TlsAcceptor>,
+    /// The worker's lane for the costly step of TLS handshakes (one per worker).
+    lane: Arc<HandshakeLane>,
 }
 
 /// Serves one listener until `stop`; then open connections get a graceful shutdown and up to
@@ -299,6 +310,7 @@ async fn serve(
         socket: listener,
         mut inbox,
         tls,
+        lane,
     } = seat;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // No timer and no header-read timeout of hyper's on HTTP/1.1: see `run`.
@@ -347,16 +359,22 @@ async fn serve(
                 }
             },
         };
-        let (shared, tls, stop, builder) =
-            (shared.clone(), tls.clone(), stop.clone(), builder.clone());
+        let (shared, tls, stop, builder, lane) = (
+            shared.clone(),
+            tls.clone(),
+            stop.clone(),
+            builder.clone(),
+            lane.clone(),
+        );
         let (handshake_timeout, idle) = (cfg.handshake_timeout, cfg.header_read_timeout);
         connections.spawn(async move {
             let _slot = slot;
             let _open = open;
             match tls {
                 Some(acceptor) => {
+                    let handshake = handshake(&lane, acceptor.config(), stream);
                     let Ok(Ok(tls_stream)) =
-                        tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await
+                        tokio::time::timeout(handshake_timeout, handshake).await
                     else {
                         tracing::debug!(%peer, "TLS handshake failed or timed out");
                         return;
@@ -371,6 +389,69 @@ async fn serve(
                 }
             }
         });
+    }
+}
+
+/// A TLS handshake whose costly step, answering the ClientHello, waits for its turn on the
+/// worker's [`HandshakeLane`]. Reading the ClientHello, sending the answer and reading the
+/// client's Finished are network waits, and take no turn.
+async fn handshake(
+    lane: &HandshakeLane,
+    config: &Arc<rustls::ServerConfig>,
+    stream: TcpStream,
+) -> std::io::Result<tokio_rustls::server::TlsStream<TcpStream>> {
+    let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
+    let turn = lane.turn().await;
+    // rustls answers the ClientHello here (key exchange, certificate, signature)...
+    let mut accept = start.into_stream(config.clone());
+    // ...and the first poll sends that answer, before the turn ends.
+    let first = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut accept).poll(cx))).await;
+    turn.end().await;
+    match first {
+        Poll::Ready(r) => r,
+        Poll::Pending => accept.await,
+    }
+}
+
+/// Turns for the costly step of one worker's TLS handshakes: one step at a time, and after
+/// each, the worker's other ready tasks run before the next handshake's turn.
+///
+/// On a worker's single thread a step takes a few hundred microseconds and cannot be split.
+/// With its tasks served first come, first served, a request on an open connection that
+/// becomes ready behind a burst of ClientHellos waits for all of them; with turns, it waits
+/// for one at most. Handshakes are not slower for it when nothing else is waiting (a turn is
+/// then granted at once), and the worker does the same work in total.
+#[derive(Debug)]
+pub struct HandshakeLane(tokio::sync::Semaphore);
+
+impl Default for HandshakeLane {
+    fn default() -> Self {
+        HandshakeLane(tokio::sync::Semaphore::new(1))
+    }
+}
+
+impl HandshakeLane {
+    /// Waits for this handshake's turn (first come, first served among handshakes).
+    pub async fn turn(&self) -> Turn<'_> {
+        // The semaphore is never closed, so acquire cannot fail.
+        Turn {
+            _permit: self.0.acquire().await.ok(),
+        }
+    }
+}
+
+/// A handshake's turn on the [`HandshakeLane`]; ended with [`Turn::end`].
+#[derive(Debug)]
+pub struct Turn<'a> {
+    /// Held until the turn ends.
+    _permit: Option<tokio::sync::SemaphorePermit<'a>>,
+}
+
+impl Turn<'_> {
+    /// Lets the tasks that are ready run (tokio runs a yielded task again after them and after
+    /// polling for I/O), then passes the turn on.
+    pub async fn end(self) {
+        tokio::task::yield_now().await;
     }
 }
 
@@ -655,6 +736,40 @@ mod tests {
             open[to] += 1;
         }
         assert_eq!(open, vec![32, 32]);
+    }
+
+    /// A handshake's turn ends only after the tasks that were ready when it began have run:
+    /// with two handshakes and a request task queued in that order, the request goes between
+    /// them (first come, first served would run it last).
+    #[test]
+    fn handshake_turns_let_ready_work_run_between() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let order = rt.block_on(async {
+            let lane = Arc::new(HandshakeLane::default());
+            let order = Arc::new(Mutex::new(Vec::new()));
+            let handshake = |name: &'static str| {
+                let (lane, order) = (lane.clone(), order.clone());
+                tokio::spawn(async move {
+                    let turn = lane.turn().await;
+                    order.lock().unwrap().push(name);
+                    turn.end().await;
+                })
+            };
+            let first = handshake("handshake 1");
+            let second = handshake("handshake 2");
+            let request = {
+                let order = order.clone();
+                tokio::spawn(async move { order.lock().unwrap().push("request") })
+            };
+            for t in [first, second, request] {
+                t.await.unwrap();
+            }
+            Arc::try_unwrap(order).unwrap().into_inner().unwrap()
+        });
+        assert_eq!(order, ["handshake 1", "request", "handshake 2"]);
     }
 
     /// The limit holds per IP, and slots return on drop.
