@@ -152,11 +152,16 @@ fn units() -> Vec<(&'static str, String)> {
 }
 
 fn start(certs: &Path) -> TestDaemon {
+    start_with(certs, "", "")
+}
+
+/// `top`: top-level keys of chaind.toml; `proxy`: more keys of its `[proxy]` table.
+fn start_with(certs: &Path, top: &str, proxy: &str) -> TestDaemon {
     let config = format!(
-        r#"[proxy]
+        r#"{top}[proxy]
 http = "127.0.0.1:0"
 https = "127.0.0.1:0"
-[[certificate]]
+{proxy}[[certificate]]
 cert = "{d}/a.crt"
 key = "{d}/a.key"
 [[certificate]]
@@ -221,6 +226,51 @@ async fn sni_and_certificate_reload() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     drop(d);
+}
+
+/// Clients that stop in the middle of their ClientHello hold up no other client: reading a
+/// ClientHello takes no handshake turn, only answering it does. One proxy worker, so every
+/// connection shares the worker's turns, and a handshake timeout far beyond the test's wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_client_hellos_hold_up_no_one() {
+    use tokio::io::AsyncWriteExt;
+    let certs = tempfile::tempdir().unwrap();
+    let ca = Ca::new();
+    ca.issue(certs.path(), "a", &["a.test"]);
+    ca.issue(certs.path(), "b", &["b.test"]);
+    let d = tokio::task::spawn_blocking({
+        let p = certs.path().to_path_buf();
+        move || start_with(&p, "worker_threads = 1\n", "handshake_timeout = \"60s\"\n")
+    })
+    .await
+    .unwrap();
+    let addr = d.https_addr();
+    let tls = ca.connector();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !matches!(get(&tls, addr, "a.test", "/").await, Ok(r) if r.2 == 200) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a.test never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A handshake record announcing 512 bytes, and the first 4 of its ClientHello.
+    let mut stalled = Vec::new();
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc])
+            .await
+            .unwrap();
+        stalled.push(s);
+    }
+    for _ in 0..5 {
+        let r = tokio::time::timeout(Duration::from_secs(5), get(&tls, addr, "a.test", "/"))
+            .await
+            .expect("a handshake waited behind a stalled ClientHello")
+            .unwrap();
+        assert_eq!((r.2, r.3.as_str()), (200, "a\n"));
+    }
+    drop(stalled);
 }
 
 /// Plain HTTP for a host with a certificate is redirected to HTTPS; HTTP/2 is negotiated by
