@@ -302,3 +302,50 @@ fn instance_closing_idle_connections_costs_no_request() {
         );
     }
 }
+
+/// HTTP/2 streams on one connection each get the route's timeout: a slow stream gets a 504
+/// while the streams beside it are answered, and in a second round, whose streams reuse the
+/// timers the connection kept from the first, the slow one times out again.
+#[test]
+fn h2_streams_time_out_one_by_one() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let (d, _c) = one_instance("path = \"/\"\ntimeout = \"1s\"");
+    let addr = d.http_addr();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        // HTTP/2 with prior knowledge on the plain listener.
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let get = |path: &str| {
+            let mut send = send.clone();
+            let req = hyper::Request::get(format!("http://x{path}"))
+                .body(Empty::<bytes::Bytes>::new())
+                .unwrap();
+            async move {
+                let r = send.send_request(req).await.unwrap();
+                let status = r.status().as_u16();
+                let body = r.into_body().collect().await.unwrap().to_bytes();
+                (status, String::from_utf8_lossy(&body).into_owned())
+            }
+        };
+        for round in 0..2 {
+            let (slow, a, b) = tokio::join!(
+                get("/sleep?ms=5000"),
+                get("/sleep?ms=300"),
+                get("/sleep?ms=300")
+            );
+            assert_eq!(slow, (504, "504 Gateway Timeout\n".into()), "round {round}");
+            assert_eq!(a, (200, "v1\n".into()), "round {round}");
+            assert_eq!(b, (200, "v1\n".into()), "round {round}");
+        }
+    });
+}
