@@ -179,6 +179,20 @@ key = "{d}/b.key"
     d
 }
 
+/// A daemon as [`start_with`] makes it, with certificates for a.test and b.test from a new test
+/// CA (the directory of the certificate files, the CA, the daemon).
+async fn daemon_ab(top: &'static str, proxy: &'static str) -> (tempfile::TempDir, Ca, TestDaemon) {
+    let certs = tempfile::tempdir().unwrap();
+    let ca = Ca::new();
+    ca.issue(certs.path(), "a", &["a.test"]);
+    ca.issue(certs.path(), "b", &["b.test"]);
+    let p = certs.path().to_path_buf();
+    let d = tokio::task::spawn_blocking(move || start_with(&p, top, proxy))
+        .await
+        .unwrap();
+    (certs, ca, d)
+}
+
 /// SNI selects the certificate (exact names and a wildcard); replacing the files serves the
 /// new certificate to new connections without a restart; security headers are set.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -234,16 +248,7 @@ async fn sni_and_certificate_reload() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_client_hellos_hold_up_no_one() {
     use tokio::io::AsyncWriteExt;
-    let certs = tempfile::tempdir().unwrap();
-    let ca = Ca::new();
-    ca.issue(certs.path(), "a", &["a.test"]);
-    ca.issue(certs.path(), "b", &["b.test"]);
-    let d = tokio::task::spawn_blocking({
-        let p = certs.path().to_path_buf();
-        move || start_with(&p, "worker_threads = 1\n", "handshake_timeout = \"60s\"\n")
-    })
-    .await
-    .unwrap();
+    let (_certs, ca, d) = daemon_ab("worker_threads = 1\n", "handshake_timeout = \"60s\"\n").await;
     let addr = d.https_addr();
     let tls = ca.connector();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -277,16 +282,7 @@ async fn stalled_client_hellos_hold_up_no_one() {
 /// ALPN and proxied; the generated localhost certificate serves localhost out of the box.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redirect_h2_and_localhost() {
-    let certs = tempfile::tempdir().unwrap();
-    let ca = Ca::new();
-    ca.issue(certs.path(), "a", &["a.test"]);
-    ca.issue(certs.path(), "b", &["b.test"]);
-    let d = tokio::task::spawn_blocking({
-        let p = certs.path().to_path_buf();
-        move || start(&p)
-    })
-    .await
-    .unwrap();
+    let (_certs, ca, d) = daemon_ab("", "").await;
     let (http, https) = (d.http_addr(), d.https_addr());
     let redirect = tokio::task::spawn_blocking(move || {
         eventually(Duration::from_secs(10), "redirect", || {
