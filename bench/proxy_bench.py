@@ -114,31 +114,16 @@ def alive(pid):
         return False
 
 
-def runq_wait_ns(pid):
-    """Time the live threads of a process spent runnable but waiting for a core, in ns (second
-    field of /proc/PID/task/TID/schedstat). On 2 cores shared by load generator, proxy and
-    backend, this is the part of a request's latency spent waiting for the scheduler."""
-    total = 0
+def sched_counts(pid):
+    """(voluntary context switches, involuntary ones, ns runnable but waiting for a core)
+    summed over the live threads of a process (`status` and `schedstat` of each task). On 2
+    cores shared by load generator, proxy and backend, the wait is part of a request's
+    latency."""
+    v = n = wait = 0
     try:
         tids = os.listdir(f"/proc/{pid}/task")
     except OSError:
-        return 0
-    for t in tids:
-        try:
-            with open(f"/proc/{pid}/task/{t}/schedstat") as f:
-                total += int(f.read().split()[1])
-        except (OSError, IndexError, ValueError):
-            pass
-    return total
-
-
-def ctx_switches(pid):
-    """(voluntary, involuntary) context switches summed over the live threads of a process."""
-    v = n = 0
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return 0, 0
+        return 0, 0, 0
     for t in tids:
         try:
             with open(f"/proc/{pid}/task/{t}/status") as f:
@@ -147,9 +132,11 @@ def ctx_switches(pid):
                         v += int(line.split()[1])
                     elif line.startswith("nonvoluntary_ctxt_switches"):
                         n += int(line.split()[1])
-        except OSError:
+            with open(f"/proc/{pid}/task/{t}/schedstat") as f:
+                wait += int(f.read().split()[1])
+        except (OSError, IndexError, ValueError):
             pass
-    return v, n
+    return v, n, wait
 
 
 def host_cpu():
@@ -794,13 +781,11 @@ http {{
             pc0 = sum(cpu_ticks(x) for x in ppids)
             bc0 = sum(cpu_ticks(x) for x in bpids)
             oc0 = sum(cpu_ticks(x) for x in others)
-            cs0 = [sum(x) for x in zip(*(ctx_switches(p) for p in ppids))] or [0, 0]
-            rq0 = sum(runq_wait_ns(p) for p in ppids)
+            cs0 = [sum(x) for x in zip(*(sched_counts(p) for p in ppids))] or [0, 0, 0]
             h0, st0 = host_cpu()
             r, ru = self.loadgen(row, port, DURATION)
             h1, st1 = host_cpu()
-            cs1 = [sum(x) for x in zip(*(ctx_switches(p) for p in ppids))] or [0, 0]
-            rq1 = sum(runq_wait_ns(p) for p in ppids)
+            cs1 = [sum(x) for x in zip(*(sched_counts(p) for p in ppids))] or [0, 0, 0]
             pc1 = sum(cpu_ticks(x) for x in ppids)
             bc1 = sum(cpu_ticks(x) for x in bpids)
             oc1 = sum(cpu_ticks(x) for x in others)
@@ -818,8 +803,8 @@ http {{
                  cpu_us_per_req=sig(r["cpu_us_per_req"]),
                  vcsw_per_req=f"{(cs1[0] - cs0[0]) / max(1, r['requests']):.3f}",
                  ivcsw_per_req=f"{(cs1[1] - cs0[1]) / max(1, r['requests']):.3f}",
-                 runq_wait_us_per_req=sig((rq1 - rq0) / 1e3 / max(1, r["requests"])),
-                 runq_wait_share=f"{(rq1 - rq0) / 1e9 / wall:.2f}",
+                 runq_wait_us_per_req=sig((cs1[2] - cs0[2]) / 1e3 / max(1, r["requests"])),
+                 runq_wait_share=f"{(cs1[2] - cs0[2]) / 1e9 / wall:.2f}",
                  proxy_cores=f"{proxy_s / wall:.2f}", backend_cores=f"{backend_s / wall:.2f}",
                  loadgen_cores=f"{gen_s / wall:.2f}", idle_proxies_cores=f"{others_s / wall:.3f}",
                  foreign_cores=f"{foreign:.2f}", steal_cores=f"{(st1 - st0) / CLK_TCK / wall:.2f}",

@@ -210,7 +210,8 @@ fn oversized_body_is_413() {
 }
 
 /// Bodies of several megabytes stream through both ways, byte for byte, and the upstream
-/// connection they used serves the next request (the response body drives it to its end).
+/// connection they used serves the next request (given back to the pool once the response
+/// body has been read to its end).
 #[test]
 fn large_bodies_stream_both_ways() {
     let (_d, mut c) = one_instance("path = \"/\"");

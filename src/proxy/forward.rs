@@ -525,8 +525,6 @@ impl Guarded {
         if let (Some(guard), Some(sender)) = (self.guard.take(), self.conn.take()) {
             super::pool::release(guard.upstream(), sender);
         }
-        self.guard = None;
-        self.conn = None;
     }
 }
 
