@@ -81,6 +81,10 @@ NCPU = os.cpu_count() or 1
 # its handshake and its request, so that the load generator is not the bottleneck.
 PACED_DELAY_MS = int(os.environ.get("BENCH_PACED_DELAY_MS", "40"))
 
+# Extra lines for chaind.toml's [proxy] table (newline-separated), for experiments such as
+# `BENCH_CHAIN_PROXY='access_log = "access.log"'`; the figures are then no longer like for like.
+CHAIN_PROXY_EXTRA = os.environ.get("BENCH_CHAIN_PROXY", "")
+
 ALL_ROWS = ("https", "http", "newconn", "newconn_paced", "h2")
 ROW_TITLE = {
     "https": "HTTPS keep-alive (wrk)",
@@ -380,7 +384,8 @@ class Chain(Proxy):
                 f'port_range = "{b.chain_range}"\n\n'
                 f"[proxy]\n"
                 f'http = "127.0.0.1:{self.http_port}"\n'
-                f'https = "127.0.0.1:{self.https_port}"\n\n'
+                f'https = "127.0.0.1:{self.https_port}"\n'
+                f"{CHAIN_PROXY_EXTRA}\n\n"
                 f"[[certificate]]\n"
                 f'cert = "{b.cert}"\n'
                 f'key = "{b.key}"\n'
