@@ -37,12 +37,16 @@ Environment:
   BENCH_ATTEMPTS=4       runs tried per sample at most; the one with the least foreign load
                          is kept (and flagged when it is still above BENCH_MAX_FOREIGN)
   BENCH_QUIET_WAIT=300   seconds to wait at most for a quiet machine before each retry
+  BENCH_LOADGEN_WRAP     a command the load generator runs under (split like a shell line),
+                         e.g. `perf stat -e raw_syscalls:sys_enter -o FILE --append --`; the
+                         load generator's URL (with the proxy's port) is its last argument
 """
 
 import hashlib
 import http.client
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -60,6 +64,7 @@ RUNS = int(os.environ.get("BENCH_RUNS", "1" if QUICK else "3"))
 DURATION = int(os.environ.get("BENCH_DURATION", "5" if QUICK else "15"))
 WARMUP = 1 if QUICK else 2
 WORKERS = [int(x) for x in os.environ.get("BENCH_WORKERS", "1,2").split(",") if x]
+LOADGEN_WRAP = shlex.split(os.environ.get("BENCH_LOADGEN_WRAP", ""))
 ROWS = [x for x in os.environ.get("BENCH_ROWS", "https,http,newconn,newconn_paced,h2").split(",") if x]
 PROXIES = [x for x in os.environ.get("BENCH_PROXIES", "chain,nginx,haproxy").split(",") if x]
 PERF = os.environ.get("BENCH_PERF", "") not in ("", "0")
@@ -727,7 +732,7 @@ http {{
         if row == "h2":
             argv = ["h2load", f"-c{H2_CLIENTS}", f"-m{H2_STREAMS}", f"-t{H2_THREADS}",
                     "-D", str(seconds), f"https://{HOST}:{port}/"]
-            out, ru = run_tool(argv, self.run, self.tool_env())
+            out, ru = run_tool(LOADGEN_WRAP + argv, self.run, self.tool_env())
             return parse_h2load(out), ru
         scheme = "http" if row == "http" else "https"
         argv = ["wrk", f"-t{WRK_THREADS}", f"-c{WRK_CONNS}", f"-d{seconds}s", "--latency"]
@@ -739,7 +744,7 @@ http {{
                 f.write(f"function delay()\n  return {PACED_DELAY_MS}\nend\n")
             argv += ["-s", script]
         argv.append(f"{scheme}://{HOST}:{port}/")
-        out, ru = run_tool(argv, self.run, self.tool_env())
+        out, ru = run_tool(LOADGEN_WRAP + argv, self.run, self.tool_env())
         return parse_wrk(out), ru
 
     def target_port(self, proxy, row):
