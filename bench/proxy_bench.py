@@ -24,8 +24,9 @@ Environment:
   BENCH_QUICK=1          1 run of 5 s per figure (default: median of 3 runs of 15 s)
   BENCH_RUNS, BENCH_DURATION  override the number of runs and their length in seconds
   BENCH_WORKERS=1,2      worker counts
-  BENCH_ROWS=https,http,newconn,newconn_paced,h2   which rows
+  BENCH_ROWS=https,https_paced,http,newconn,newconn_paced,h2   which rows
   BENCH_PACED_DELAY_MS=40  think time of newconn_paced (between handshake and request)
+  BENCH_KEEPALIVE_DELAY_MS=2  think time of https_paced (between a response and the next request)
   BENCH_PROXIES=chain,nginx,haproxy
   BENCH_PERF=1           after the 1-worker rows, profile each proxy during HTTPS keep-alive
                          runs: perf stat (syscalls, context switches per request) and perf
@@ -37,6 +38,8 @@ Environment:
   BENCH_ATTEMPTS=4       runs tried per sample at most; the one with the least foreign load
                          is kept (and flagged when it is still above BENCH_MAX_FOREIGN)
   BENCH_QUIET_WAIT=300   seconds to wait at most for a quiet machine before each retry
+  BENCH_CHAIN_PROXY, BENCH_CHAIN_TOP  lines added to chaind.toml's [proxy] table and to its
+                         top level, for experiments (the comparison is then not like for like)
   BENCH_LOADGEN_WRAP     a command the load generator runs under (split like a shell line),
                          e.g. `perf stat -e raw_syscalls:sys_enter -o FILE --append --`; the
                          load generator's URL (with the proxy's port) is its last argument
@@ -65,7 +68,8 @@ DURATION = int(os.environ.get("BENCH_DURATION", "5" if QUICK else "15"))
 WARMUP = 1 if QUICK else 2
 WORKERS = [int(x) for x in os.environ.get("BENCH_WORKERS", "1,2").split(",") if x]
 LOADGEN_WRAP = shlex.split(os.environ.get("BENCH_LOADGEN_WRAP", ""))
-ROWS = [x for x in os.environ.get("BENCH_ROWS", "https,http,newconn,newconn_paced,h2").split(",") if x]
+ROWS = [x for x in os.environ.get("BENCH_ROWS", "https,https_paced,http,newconn,newconn_paced,h2").split(",")
+        if x]
 PROXIES = [x for x in os.environ.get("BENCH_PROXIES", "chain,nginx,haproxy").split(",") if x]
 PERF = os.environ.get("BENCH_PERF", "") not in ("", "0")
 PERF_DWARF = os.environ.get("BENCH_PERF", "") == "dwarf"
@@ -86,13 +90,30 @@ NCPU = os.cpu_count() or 1
 # its handshake and its request, so that the load generator is not the bottleneck.
 PACED_DELAY_MS = int(os.environ.get("BENCH_PACED_DELAY_MS", "40"))
 
+# Think time of the paced keep-alive row: each of the 64 connections waits this long between a
+# response and its next request (about 21k requests a second in all), so that latency is
+# compared at the same load for every proxy instead of at each one's saturation point.
+KEEPALIVE_DELAY_MS = int(os.environ.get("BENCH_KEEPALIVE_DELAY_MS", "2"))
+
+# Every wrk run loads this script: at the end it prints the tail of the latency distribution
+# that `--latency` leaves out (p90 is there, p99.9 and the maximum are not), in microseconds.
+WRK_DONE_LUA = """
+function done(summary, latency, requests)
+  io.write(string.format("TAIL p90_us=%d p999_us=%d max_us=%d\\n",
+    latency:percentile(90.0), latency:percentile(99.9), latency.max))
+end
+"""
+
 # Extra lines for chaind.toml's [proxy] table (newline-separated), for experiments such as
 # `BENCH_CHAIN_PROXY='access_log = "access.log"'`; the figures are then no longer like for like.
 CHAIN_PROXY_EXTRA = os.environ.get("BENCH_CHAIN_PROXY", "")
+# The same for chaind.toml's top-level keys, e.g. `BENCH_CHAIN_TOP='worker_priority = -5'`.
+CHAIN_TOP_EXTRA = os.environ.get("BENCH_CHAIN_TOP", "")
 
-ALL_ROWS = ("https", "http", "newconn", "newconn_paced", "h2")
+ALL_ROWS = ("https", "https_paced", "http", "newconn", "newconn_paced", "h2")
 ROW_TITLE = {
     "https": "HTTPS keep-alive (wrk)",
+    "https_paced": f"HTTPS keep-alive, paced (wrk, {KEEPALIVE_DELAY_MS} ms think time)",
     "http": "plain HTTP keep-alive (wrk)",
     "newconn": "HTTPS new connection per request (wrk, Connection: close)",
     "newconn_paced": f"HTTPS new connection per request, paced (wrk, Connection: close, "
@@ -277,6 +298,9 @@ def parse_wrk(out):
     for pct in ("50", "99"):
         m = re.search(rf"^\s+{pct}(?:\.000)?%\s+(\S+)", out, re.M)
         r[f"p{pct}_ms"] = _num_unit(m.group(1), LAT_MS) if m else float("nan")
+    m = re.search(r"^TAIL p90_us=(\d+) p999_us=(\d+) max_us=(\d+)", out, re.M)
+    for i, name in enumerate(("p90_ms", "p999_ms", "max_ms"), 1):
+        r[name] = int(m.group(i)) / 1000 if m else float("nan")
     m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     r["errors"] = sum(int(x) for x in m.groups()) if m else 0
     m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
@@ -300,7 +324,8 @@ def parse_h2load(out):
     r["proto"] = m.group(1) if m else "?"
     if r["proto"] != "h2":
         raise BenchError(f"h2load did not negotiate h2:\n{out}")
-    r["p50_ms"] = r["p99_ms"] = float("nan")
+    for name in ("p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms"):
+        r[name] = float("nan")
     return r
 
 
@@ -386,7 +411,8 @@ class Chain(Proxy):
         with open(os.path.join(root, "chaind.toml"), "w") as f:
             f.write(
                 f"worker_threads = {workers}\n"
-                f'port_range = "{b.chain_range}"\n\n'
+                f'port_range = "{b.chain_range}"\n'
+                f"{CHAIN_TOP_EXTRA}\n\n"
                 f"[proxy]\n"
                 f'http = "127.0.0.1:{self.http_port}"\n'
                 f'https = "127.0.0.1:{self.https_port}"\n'
@@ -735,17 +761,23 @@ http {{
             out, ru = run_tool(LOADGEN_WRAP + argv, self.run, self.tool_env())
             return parse_h2load(out), ru
         scheme = "http" if row == "http" else "https"
-        argv = ["wrk", f"-t{WRK_THREADS}", f"-c{WRK_CONNS}", f"-d{seconds}s", "--latency"]
+        argv = ["wrk", f"-t{WRK_THREADS}", f"-c{WRK_CONNS}", f"-d{seconds}s", "--latency",
+                "-s", self.wrk_script(row)]
         if row in ("newconn", "newconn_paced"):
             argv += ["-H", "Connection: close"]
-        if row == "newconn_paced":
-            script = os.path.join(self.run, "paced.lua")
-            with open(script, "w") as f:
-                f.write(f"function delay()\n  return {PACED_DELAY_MS}\nend\n")
-            argv += ["-s", script]
         argv.append(f"{scheme}://{HOST}:{port}/")
         out, ru = run_tool(LOADGEN_WRAP + argv, self.run, self.tool_env())
         return parse_wrk(out), ru
+
+    def wrk_script(self, row):
+        """The Lua script of a wrk row: the latency tail at the end, think time for paced rows."""
+        delay = {"newconn_paced": PACED_DELAY_MS, "https_paced": KEEPALIVE_DELAY_MS}.get(row)
+        path = os.path.join(self.run, f"wrk-{row}.lua")
+        with open(path, "w") as f:
+            f.write(WRK_DONE_LUA)
+            if delay is not None:
+                f.write(f"function delay()\n  return {delay}\nend\n")
+        return path
 
     def target_port(self, proxy, row):
         if proxy == "backend":
@@ -808,7 +840,8 @@ http {{
             foreign = max(0.0, host_s - proxy_s - backend_s - others_s - gen_s) / wall
             r["cpu_us_per_req"] = proxy_s * 1e6 / max(1, r["requests"])
             info("sample", row=row, workers=workers, proxy=proxy, attempt=attempt,
-                 rps=f"{r['rps']:.0f}", p50_ms=sig(r["p50_ms"]), p99_ms=sig(r["p99_ms"]),
+                 rps=f"{r['rps']:.0f}", p50_ms=sig(r["p50_ms"]), p90_ms=sig(r["p90_ms"]),
+                 p99_ms=sig(r["p99_ms"]), p999_ms=sig(r["p999_ms"]), max_ms=sig(r["max_ms"]),
                  requests=r["requests"], errors=r["errors"], non2xx=r["non2xx"],
                  cpu_us_per_req=sig(r["cpu_us_per_req"]),
                  vcsw_per_req=f"{(cs1[0] - cs0[0]) / max(1, r['requests']):.3f}",
@@ -945,6 +978,9 @@ http {{
         metric_names = {
             "https": [("rps", "https_keepalive_rps"), ("p50_ms", "https_p50_ms"),
                       ("p99_ms", "https_p99_ms"), ("cpu_us_per_req", "https_cpu_us_per_req")],
+            "https_paced": [("rps", "https_paced_rps"), ("p50_ms", "https_paced_p50_ms"),
+                            ("p99_ms", "https_paced_p99_ms"),
+                            ("cpu_us_per_req", "https_paced_cpu_us_per_req")],
             "http": [("rps", "http_keepalive_rps"), ("p50_ms", "http_p50_ms"),
                      ("p99_ms", "http_p99_ms"), ("cpu_us_per_req", "http_cpu_us_per_req")],
             "newconn": [("rps", "https_newconn_per_s"), ("p99_ms", "https_newconn_p99_ms"),
