@@ -19,6 +19,7 @@ use crate::unit::error::UnitError;
 pub const KEYS: &[&str] = &[
     "port_range",
     "worker_threads",
+    "worker_priority",
     "proxy",
     "proxy.http",
     "proxy.https",
@@ -67,6 +68,8 @@ pub struct Config {
     pub port_range: (u16, u16),
     /// Proxy worker threads (None: one per CPU, at most 2 — chaind is not the workload).
     pub worker_threads: Option<usize>,
+    /// Nice value of the proxy worker threads (None: left as chaind's).
+    pub worker_priority: Option<i32>,
     pub proxy: ProxyConfig,
     pub certificates: Vec<CertificateConfig>,
     pub admin: AdminConfig,
@@ -154,13 +157,18 @@ pub struct CertificateConfig {
 }
 
 impl Config {
-    /// How many proxy workers to run: `worker_threads`, else one per CPU, at most 2.
-    pub fn proxy_workers(&self) -> usize {
-        self.worker_threads.unwrap_or_else(|| {
+    /// The proxy workers to run: `worker_threads` of them, else one per CPU, at most 2; at
+    /// `worker_priority`.
+    pub fn proxy_workers(&self) -> crate::proxy::listen::Workers {
+        let count = self.worker_threads.unwrap_or_else(|| {
             std::thread::available_parallelism()
                 .map(|n| n.get().min(2))
                 .unwrap_or(1)
-        })
+        });
+        crate::proxy::listen::Workers {
+            count,
+            priority: self.worker_priority,
+        }
     }
 }
 
@@ -169,6 +177,7 @@ impl Default for Config {
         Config {
             port_range: defaults::PORT_RANGE,
             worker_threads: None,
+            worker_priority: None,
             proxy: ProxyConfig {
                 http: None,
                 https: None,
@@ -236,6 +245,9 @@ pub fn parse(path: &Path, text: &str, root: &Path) -> Result<Config, Vec<UnitErr
     }
     if let Some(f) = top.take(&mut d, "worker_threads") {
         cfg.worker_threads = f.u32(&mut d, 1, 64).map(|n| n as usize);
+    }
+    if let Some(f) = top.take(&mut d, "worker_priority") {
+        cfg.worker_priority = f.int(&mut d, -20, 19).map(|n| n as i32);
     }
     if let Some(f) = top.take(&mut d, "proxy") {
         if let Some(t) = f.table(&mut d) {
@@ -574,6 +586,24 @@ key = "/etc/a.key"
             "{e:#?}"
         );
         assert!(e[3].contains("missing required key `key`"), "{e:#?}");
+    }
+
+    /// `worker_priority` is a nice value: -20..19, absent leaves the workers' as chaind's.
+    #[test]
+    fn worker_priority_range() {
+        let ok = |text: &str| parse(Path::new("chaind.toml"), text, Path::new("/r")).unwrap();
+        assert_eq!(ok("worker_priority = -5\n").worker_priority, Some(-5));
+        assert_eq!(
+            ok("worker_priority = 19\n").proxy_workers().priority,
+            Some(19)
+        );
+        assert_eq!(ok("").proxy_workers().priority, None);
+        for bad in ["worker_priority = -21\n", "worker_priority = 20\n"] {
+            let e = errors(bad);
+            assert!(e[0].starts_with("chaind.toml:1:19"), "{e:#?}");
+        }
+        let e = errors("worker_priority = \"high\"\n");
+        assert!(e[0].starts_with("chaind.toml:1:19"), "{e:#?}");
     }
 
     /// The admin listener must be loopback unless `public = true`, and the hint says why; the

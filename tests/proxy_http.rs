@@ -350,3 +350,52 @@ fn h2_streams_time_out_one_by_one() {
         }
     });
 }
+
+/// The nice values of chaind's threads: (thread id, name, nice).
+fn thread_nices(pid: u32) -> Vec<(u32, String, i32)> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| {
+            let comm = std::fs::read_to_string(t.path().join("comm")).ok()?;
+            let stat = std::fs::read_to_string(t.path().join("stat")).ok()?;
+            let nice = chain_agent::procfs::parse_stat(&stat)?.nice;
+            let tid = t.file_name().to_str()?.parse().ok()?;
+            Some((tid, comm.trim().to_string(), nice))
+        })
+        .collect()
+}
+
+/// `worker_priority` gives every proxy worker thread that nice value, and not chaind's main
+/// thread (nor the control plane's, which it starts). Raising a nice value takes no privilege, so the test asks for one above its own.
+#[test]
+fn worker_priority_sets_the_workers_nice_value() {
+    let own = chain_agent::procfs::stat(std::process::id() as i32)
+        .expect("own stat")
+        .nice;
+    let want = (own + 3).min(19);
+    let config =
+        format!("worker_threads = 2\nworker_priority = {want}\n[proxy]\nhttp = \"127.0.0.1:0\"\n");
+    let d = TestDaemon::start_full(&[("web", &routed(1, "v1", ""))], &[], Some(&config));
+    d.wait_running("web", 1);
+    let threads = eventually(
+        Duration::from_secs(10),
+        "two workers at the priority",
+        || {
+            let threads = thread_nices(d.pid());
+            let workers: Vec<_> = threads
+                .iter()
+                .filter(|(_, name, _)| name.starts_with("chain-proxy-"))
+                .collect();
+            (workers.len() == 2 && workers.iter().all(|(_, _, n)| *n == want)).then_some(threads)
+        },
+    );
+    let main = threads.iter().find(|(tid, _, _)| *tid == d.pid());
+    assert_eq!(main.map(|t| t.2), Some(own), "{threads:?}");
+    let mut c = KeepAlive::new(d.http_addr());
+    eventually(Duration::from_secs(10), "the workers serve", || {
+        (c.get("/").ok()?.status == 200).then_some(())
+    });
+}

@@ -12,12 +12,15 @@
 //! - [`host`]: process-tree RSS and CPU sampling (sysinfo), user and group lookup, CPU count.
 //! - [`procfs`]: tolerant readers of `/proc/PID/{stat,environ,status}` (start time, parent,
 //!   process group, environment, groups).
+//! - [`sched`]: nice values of threads and of this process's session (proxy workers'
+//!   `worker_priority`).
 
 pub mod driver;
 pub mod health;
 pub mod host;
 pub mod logs;
 pub mod procfs;
+pub mod sched;
 
 #[cfg(test)]
 mod testutil;

@@ -19,6 +19,8 @@ pub struct Stat {
     pub pgid: i32,
     /// Field 6: the session id.
     pub sid: i32,
+    /// Field 19: the nice value (-20..19); in `/proc/PID/task/TID/stat`, the thread's own.
+    pub nice: i32,
     /// Field 22: start time in clock ticks since boot.
     pub start_time: u64,
 }
@@ -45,6 +47,7 @@ pub fn parse_stat(text: &str) -> Option<Stat> {
         ppid: fields.get(1)?.parse().ok()?,
         pgid: fields.get(2)?.parse().ok()?,
         sid: fields.get(3)?.parse().ok()?,
+        nice: fields.get(16)?.parse().ok()?,
         start_time: fields.get(19)?.parse().ok()?,
     })
 }
@@ -181,7 +184,7 @@ mod tests {
     /// The comm field may hold spaces and parentheses; fields are counted after the last `)`.
     #[test]
     fn stat_with_tricky_comm() {
-        let text = "1234 (a) b (c)) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 98765 1000 10 18446744073709551615 0 0 0 0 0 0 0 0 0 0 0 0 17 0 0 0 0 0 0\n";
+        let text = "1234 (a) b (c)) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 25 5 1 0 98765 1000 10 18446744073709551615 0 0 0 0 0 0 0 0 0 0 0 0 17 0 0 0 0 0 0\n";
         let stat = parse_stat(text).expect("parses");
         assert_eq!(
             stat,
@@ -190,6 +193,7 @@ mod tests {
                 ppid: 1,
                 pgid: 1234,
                 sid: 1234,
+                nice: 5,
                 start_time: 98765
             }
         );

@@ -163,17 +163,58 @@ impl Drop for Open {
     }
 }
 
-/// Starts `workers` proxy threads serving every listener until `stop` (see the module docs).
+/// How many proxy workers to run, and at which nice value (`worker_threads` and
+/// `worker_priority` in chaind.toml).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Workers {
+    pub count: usize,
+    /// None: the workers keep chaind's nice value.
+    pub priority: Option<i32>,
+}
+
+/// Gives the calling worker thread its nice value and, once per process, chaind's session the
+/// same one where the kernel schedules by session (chain_agent::sched); failures are logged,
+/// and the worker runs on at the priority it has.
+fn apply_priority(nice: i32, worker: usize) {
+    use chain_agent::sched::{self, SessionNice};
+    if worker == 0 {
+        match sched::set_session_nice(nice) {
+            Ok(SessionNice::Set) => {
+                tracing::debug!(nice, "chaind's session (autogroup) nice value set")
+            }
+            Ok(SessionNice::NoAutogroup) => {}
+            Ok(SessionNice::NotSessionLeader) => tracing::info!(
+                nice,
+                "worker_priority weighs only against chaind's own threads: the kernel schedules \
+                 by session (autogroup) and chaind does not lead its session; start it as a \
+                 service or with setsid"
+            ),
+            Err(e) => tracing::warn!(nice, error = %e, "cannot set chaind's session nice value"),
+        }
+    }
+    if let Err(e) = sched::set_thread_nice(nice) {
+        tracing::warn!(
+            worker,
+            nice,
+            error = %e,
+            "cannot set the proxy worker's priority (worker_priority below chaind's own takes \
+             CAP_SYS_NICE)"
+        );
+    }
+}
+
+/// Starts the proxy worker threads serving every listener until `stop` (see the module docs).
 /// Each returned task ends when its worker has stopped and its connections have finished.
 pub fn spawn_workers(
-    workers: usize,
+    workers: Workers,
     listeners: &[Listener],
     shared: &Arc<Shared>,
     cfg: &ProxyConfig,
     limiter: &Arc<ConnLimiter>,
     stop: &CancellationToken,
 ) -> std::io::Result<Vec<tokio::task::JoinHandle<()>>> {
-    let workers = workers.max(1);
+    let Workers { count, priority } = workers;
+    let workers = count.max(1);
     let mut inbox = Vec::new();
     let mut inbox_rx = Vec::new();
     for _ in 0..workers {
@@ -210,6 +251,9 @@ pub fn spawn_workers(
         std::thread::Builder::new()
             .name(format!("chain-proxy-{n}"))
             .spawn(move || {
+                if let Some(nice) = priority {
+                    apply_priority(nice, me.n);
+                }
                 rt.block_on(worker(me, mine, rx, shared, cfg, limiter, stop));
                 drop(tx);
             })?;

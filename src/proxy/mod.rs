@@ -100,7 +100,7 @@ impl Proxy {
         https: Option<(TcpListener, Arc<tls::CertStore>)>,
         cfg: &ProxyConfig,
         observer: observe::Observer,
-        workers: usize,
+        workers: listen::Workers,
         stop: CancellationToken,
     ) -> Result<(Proxy, Vec<tokio::task::JoinHandle<()>>), StartError> {
         let http_addr = http.as_ref().and_then(|l| l.local_addr().ok());
