@@ -13,6 +13,7 @@
 #![allow(unsafe_code)]
 
 use std::io;
+use std::time::{Duration, Instant};
 
 /// Sets the calling thread's nice value (-20..19; the kernel clamps others). Raising it is
 /// always allowed; lowering it below the thread's current value needs CAP_SYS_NICE or a high
@@ -58,8 +59,18 @@ pub fn set_session_nice(nice: i32) -> io::Result<SessionNice> {
     if sid != pid {
         return Ok(SessionNice::NotSessionLeader);
     }
-    std::fs::write("/proc/self/autogroup", nice.to_string())?;
-    Ok(SessionNice::Set)
+    // Without CAP_SYS_ADMIN the kernel takes one such write per 100 ms on the whole machine and
+    // answers EAGAIN to the others: another process's write may just have used the turn.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        match std::fs::write("/proc/self/autogroup", nice.to_string()) {
+            Ok(()) => return Ok(SessionNice::Set),
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// The nice value `/proc/self/autogroup` reports (`/autogroup-42 nice 0`), if any.
