@@ -91,7 +91,7 @@ NCPU = os.cpu_count() or 1
 PACED_DELAY_MS = int(os.environ.get("BENCH_PACED_DELAY_MS", "40"))
 
 # Think time of the paced keep-alive row: each of the 64 connections waits this long between a
-# response and its next request (about 21k requests a second in all), so that latency is
+# response and its next request (about 22k requests a second in all), so that latency is
 # compared at the same load for every proxy instead of at each one's saturation point.
 KEEPALIVE_DELAY_MS = int(os.environ.get("BENCH_KEEPALIVE_DELAY_MS", "2"))
 
@@ -770,9 +770,12 @@ http {{
         return parse_wrk(out), ru
 
     def wrk_script(self, row):
-        """The Lua script of a wrk row: the latency tail at the end, think time for paced rows."""
-        delay = {"newconn_paced": PACED_DELAY_MS, "https_paced": KEEPALIVE_DELAY_MS}.get(row)
+        """The Lua script of a wrk row (written once per run directory): the latency tail at the
+        end, think time for paced rows."""
         path = os.path.join(self.run, f"wrk-{row}.lua")
+        if os.path.exists(path):
+            return path
+        delay = {"newconn_paced": PACED_DELAY_MS, "https_paced": KEEPALIVE_DELAY_MS}.get(row)
         with open(path, "w") as f:
             f.write(WRK_DONE_LUA)
             if delay is not None:
