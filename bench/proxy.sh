@@ -4,8 +4,8 @@
 #   bash bench/proxy.sh                # full run: medians of 3 runs of 15 s (about 30 minutes)
 #   BENCH_QUICK=1 bash bench/proxy.sh  # smoke run: 1 run of 5 s per figure (about 5 minutes)
 #
-# Builds the release binaries, installs nginx, haproxy, wrk and h2load (Debian packages nginx,
-# haproxy, wrk, nghttp2-client) when missing, maps bench.local to 127.0.0.1 in /etc/hosts for
+# Builds the release binaries, installs nginx, haproxy, wrk, h2load and hey (Debian packages nginx,
+# haproxy, wrk, nghttp2-client, hey) when missing, maps bench.local to 127.0.0.1 in /etc/hosts for
 # the duration of the run (wrk takes the TLS SNI from the URL's host), then runs
 # bench/proxy_bench.py, which ends with one line per figure and competitor:
 #   RESULT <row> chain=<value> nginx=<value> ratio=<chain/nginx>
@@ -25,7 +25,8 @@
 #                      between runs (bench/instructions.py; installs valgrind when missing)
 #   BENCH_INSTR_CACHE=1  with BENCH_INSTR=1: also simulated L1 instruction-cache misses and
 #                      estimated cycles per request (callgrind --cache-sim=yes)
-#   BENCH_WORKERS=1,2  BENCH_ROWS=https,http,newconn,newconn_paced,h2  BENCH_PROXIES=chain,nginx,haproxy
+#   BENCH_WORKERS=1,2  BENCH_ROWS=https,https_paced,http,newconn,newconn_paced,fullhs,fullhs_paced,h2
+#   BENCH_PROXIES=chain,nginx,haproxy
 #   BENCH_RUNS=N BENCH_DURATION=S  BENCH_NGINX_KEEPALIVE=256  BENCH_MAX_FOREIGN=0.25
 #   (see bench/proxy_bench.py)
 set -euo pipefail
@@ -48,7 +49,7 @@ for b in chaind chainctl; do
     [[ -x $bindir/$b ]] || die "$bindir/$b is missing; build with: cargo build --release --bins --examples"
 done
 
-bench_need nginx:nginx haproxy:haproxy wrk:wrk h2load:nghttp2-client
+bench_need nginx:nginx haproxy:haproxy wrk:wrk h2load:nghttp2-client hey:hey
 
 run=$(mktemp -d /tmp/chain-bench-proxy.XXXXXX)
 RUN=$run

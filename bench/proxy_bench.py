@@ -24,8 +24,10 @@ Environment:
   BENCH_QUICK=1          1 run of 5 s per figure (default: median of 3 runs of 15 s)
   BENCH_RUNS, BENCH_DURATION  override the number of runs and their length in seconds
   BENCH_WORKERS=1,2      worker counts
-  BENCH_ROWS=https,https_paced,http,newconn,newconn_paced,h2   which rows
+  BENCH_ROWS=https,https_paced,http,newconn,newconn_paced,fullhs,fullhs_paced,h2   which rows
   BENCH_PACED_DELAY_MS=40  think time of newconn_paced (between handshake and request)
+  BENCH_FULLHS_CLIENTS=8 BENCH_FULLHS_QPS=192  fullhs_paced: hey's clients and the requests a
+                         second of each (they arrive in bursts, see FULLHS_QPS below)
   BENCH_KEEPALIVE_DELAY_MS=2  think time of https_paced (between a response and the next request)
   BENCH_PROXIES=chain,nginx,haproxy
   BENCH_PERF=1           after the 1-worker rows, profile each proxy during HTTPS keep-alive
@@ -68,8 +70,8 @@ DURATION = int(os.environ.get("BENCH_DURATION", "5" if QUICK else "15"))
 WARMUP = 1 if QUICK else 2
 WORKERS = [int(x) for x in os.environ.get("BENCH_WORKERS", "1,2").split(",") if x]
 LOADGEN_WRAP = shlex.split(os.environ.get("BENCH_LOADGEN_WRAP", ""))
-ROWS = [x for x in os.environ.get("BENCH_ROWS", "https,https_paced,http,newconn,newconn_paced,h2").split(",")
-        if x]
+ROWS = [x for x in os.environ.get(
+    "BENCH_ROWS", "https,https_paced,http,newconn,newconn_paced,fullhs,fullhs_paced,h2").split(",") if x]
 PROXIES = [x for x in os.environ.get("BENCH_PROXIES", "chain,nginx,haproxy").split(",") if x]
 PERF = os.environ.get("BENCH_PERF", "") not in ("", "0")
 PERF_DWARF = os.environ.get("BENCH_PERF", "") == "dwarf"
@@ -80,6 +82,7 @@ QUIET_WAIT = int(os.environ.get("BENCH_QUIET_WAIT", "300"))
 HOST = "bench.local"
 WRK_THREADS = 2
 WRK_CONNS = 64
+HEY_CLIENTS = 64
 H2_CLIENTS = 16
 H2_STREAMS = 10
 H2_THREADS = 2
@@ -94,6 +97,17 @@ PACED_DELAY_MS = int(os.environ.get("BENCH_PACED_DELAY_MS", "40"))
 # response and its next request (about 22k requests a second in all), so that latency is
 # compared at the same load for every proxy instead of at each one's saturation point.
 KEEPALIVE_DELAY_MS = int(os.environ.get("BENCH_KEEPALIVE_DELAY_MS", "2"))
+
+# The full-handshake rows use hey (Go's TLS client), one new connection per request and no
+# session resumption: what a proxy does for clients it has not seen before. hey waits for its
+# sockets in the Go runtime's poller, where wrk busy-waits on every pending TLS handshake (its
+# connect handler stays registered for writability until the handshake ends), which on a 2-core
+# machine takes the core from a proxy that sleeps between events. fullhs: 64 clients, closed
+# loop. fullhs_paced: FULLHS_PACED_CLIENTS clients at FULLHS_QPS requests a second each (about
+# 1,500 a second in all); hey starts the clients' timers together, so they arrive in bursts of
+# FULLHS_PACED_CLIENTS every 1/FULLHS_QPS s, which few clients keep short.
+FULLHS_PACED_CLIENTS = int(os.environ.get("BENCH_FULLHS_CLIENTS", "8"))
+FULLHS_QPS = int(os.environ.get("BENCH_FULLHS_QPS", "192"))
 
 # Every wrk run loads this script: at the end it prints the tail of the latency distribution
 # that `--latency` leaves out (p90 is there, p99.9 and the maximum are not), in microseconds.
@@ -110,7 +124,8 @@ CHAIN_PROXY_EXTRA = os.environ.get("BENCH_CHAIN_PROXY", "")
 # The same for chaind.toml's top-level keys, e.g. `BENCH_CHAIN_TOP='worker_priority = -5'`.
 CHAIN_TOP_EXTRA = os.environ.get("BENCH_CHAIN_TOP", "")
 
-ALL_ROWS = ("https", "https_paced", "http", "newconn", "newconn_paced", "h2")
+ALL_ROWS = ("https", "https_paced", "http", "newconn", "newconn_paced", "fullhs", "fullhs_paced",
+            "h2")
 ROW_TITLE = {
     "https": "HTTPS keep-alive (wrk)",
     "https_paced": f"HTTPS keep-alive, paced (wrk, {KEEPALIVE_DELAY_MS} ms think time)",
@@ -118,6 +133,9 @@ ROW_TITLE = {
     "newconn": "HTTPS new connection per request (wrk, Connection: close)",
     "newconn_paced": f"HTTPS new connection per request, paced (wrk, Connection: close, "
                      f"{PACED_DELAY_MS} ms think time)",
+    "fullhs": "HTTPS new connection per request, full handshake (hey, no session resumption)",
+    "fullhs_paced": f"HTTPS new connection per request, full handshake, paced (hey, "
+                    f"{FULLHS_PACED_CLIENTS} clients at {FULLHS_QPS} requests/s each)",
     "h2": "HTTP/2 over TLS (h2load)",
 }
 
@@ -305,6 +323,29 @@ def parse_wrk(out):
     r["errors"] = sum(int(x) for x in m.groups()) if m else 0
     m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     r["non2xx"] = int(m.group(1)) if m else 0
+    return r
+
+
+def parse_hey(out):
+    """hey's summary: requests a second from the successful responses, percentiles (hey prints
+    them to 0.1 ms), the slowest response as the maximum."""
+    r = {}
+    total = re.search(r"^\s+Total:\s+([0-9.]+) secs", out, re.M)
+    codes = re.findall(r"^\s+\[(\d+)\]\s+(\d+) responses", out, re.M)
+    if not total or not codes:
+        raise BenchError(f"cannot parse hey output:\n{out}")
+    ok = sum(int(n) for c, n in codes if c.startswith("2"))
+    r["requests"] = ok
+    r["non2xx"] = sum(int(n) for c, n in codes if not c.startswith("2"))
+    errs = out.split("Error distribution:", 1)
+    r["errors"] = sum(int(n) for n in re.findall(r"^\s+\[(\d+)\]", errs[1], re.M)) if len(errs) > 1 else 0
+    r["rps"] = ok / float(total.group(1))
+    for pct, name in (("50", "p50_ms"), ("90", "p90_ms"), ("99", "p99_ms")):
+        m = re.search(rf"^\s+{pct}%+ in ([0-9.]+) secs", out, re.M)
+        r[name] = float(m.group(1)) * 1000 if m else float("nan")
+    m = re.search(r"^\s+Slowest:\s+([0-9.]+) secs", out, re.M)
+    r["max_ms"] = float(m.group(1)) * 1000 if m else float("nan")
+    r["p999_ms"] = float("nan")
     return r
 
 
@@ -760,6 +801,17 @@ http {{
                     "-D", str(seconds), f"https://{HOST}:{port}/"]
             out, ru = run_tool(LOADGEN_WRAP + argv, self.run, self.tool_env())
             return parse_h2load(out), ru
+        if row in ("fullhs", "fullhs_paced"):
+            # -host: hey puts the Host value into the TLS server name, and without it that is
+            # "bench.local:PORT", which RFC 6066 forbids and rustls rejects (OpenSSL lets it by).
+            clients = FULLHS_PACED_CLIENTS if row == "fullhs_paced" else HEY_CLIENTS
+            argv = ["hey", "-z", f"{seconds}s", "-c", str(clients), "-disable-keepalive",
+                    "-disable-compression", "-host", HOST]
+            if row == "fullhs_paced":
+                argv += ["-q", str(FULLHS_QPS)]
+            argv.append(f"https://{HOST}:{port}/")
+            out, ru = run_tool(LOADGEN_WRAP + argv, self.run, self.tool_env())
+            return parse_hey(out), ru
         scheme = "http" if row == "http" else "https"
         argv = ["wrk", f"-t{WRK_THREADS}", f"-c{WRK_CONNS}", f"-d{seconds}s", "--latency",
                 "-s", self.wrk_script(row)]
@@ -952,6 +1004,7 @@ http {{
         rows = [r for r in ROWS if r in ALL_ROWS]
         info("plan", runs=RUNS, duration_s=DURATION, warmup_s=WARMUP, workers=",".join(map(str, WORKERS)),
              rows=",".join(rows), proxies=",".join(PROXIES), wrk=f"-t{WRK_THREADS}-c{WRK_CONNS}",
+             hey=f"-c{HEY_CLIENTS},paced-c{FULLHS_PACED_CLIENTS}-q{FULLHS_QPS}",
              h2load=f"-c{H2_CLIENTS}-m{H2_STREAMS}-t{H2_THREADS}", nginx_keepalive=self.nginx_pool)
         for i, workers in enumerate(WORKERS):
             log(f"starting chaind (backend unit), nginx, haproxy with {workers} worker(s)")
@@ -992,6 +1045,12 @@ http {{
                               ("p50_ms", "https_newconn_paced_p50_ms"),
                               ("p99_ms", "https_newconn_paced_p99_ms"),
                               ("cpu_us_per_req", "https_newconn_paced_cpu_us_per_conn")],
+            "fullhs": [("rps", "https_fullhs_per_s"), ("p99_ms", "https_fullhs_p99_ms"),
+                       ("cpu_us_per_req", "https_fullhs_cpu_us_per_conn")],
+            "fullhs_paced": [("rps", "https_fullhs_paced_per_s"),
+                             ("p50_ms", "https_fullhs_paced_p50_ms"),
+                             ("p99_ms", "https_fullhs_paced_p99_ms"),
+                             ("cpu_us_per_req", "https_fullhs_paced_cpu_us_per_conn")],
             "h2": [("rps", "h2_rps"), ("cpu_us_per_req", "h2_cpu_us_per_req")],
         }
         lines = {}
