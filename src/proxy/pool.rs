@@ -17,6 +17,11 @@
 //! the request's task instead was measured: fewer instructions and task polls, but more CPU
 //! time per request, because hyper's server and client code then alternate for every request
 //! and miss the instruction cache more often (docs/benchmarks.md, "Tried and reverted").
+//! The task has a latency cost below saturation: a worker's run queue is first in, first
+//! out, so for a burst of requests the first one reaches its instance only after every client
+//! task of the burst has run (the paced keep-alive p99 is 1.2x nginx's for that reason; a
+//! runtime that runs a woken task next closes the gap but costs 5-10 % more CPU per request
+//! under full load; docs/benchmarks.md, "Changes of 2026-12-07, second session").
 //!
 //! Connections belong to one instance incarnation (`Upstream`), not just to an address: once
 //! the instance is retired (draining, or gone from every table) its connections are closed,
