@@ -21,7 +21,9 @@
 //! out, so for a burst of requests the first one reaches its instance only after every client
 //! task of the burst has run (the paced keep-alive p99 is 1.2x nginx's for that reason; a
 //! runtime that runs a woken task next closes the gap but costs 5-10 % more CPU per request
-//! under full load; docs/benchmarks.md, "Changes of 2026-12-07, second session").
+//! under full load, and polling the connection once from the request's task right after
+//! handing the request in closes 40 % of it for 2-4 % more; docs/benchmarks.md, "Changes of
+//! 2026-12-07, second session").
 //!
 //! Connections belong to one instance incarnation (`Upstream`), not just to an address: once
 //! the instance is retired (draining, or gone from every table) its connections are closed,
