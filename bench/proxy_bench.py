@@ -341,7 +341,7 @@ def parse_hey(out):
     r["errors"] = sum(int(n) for n in re.findall(r"^\s+\[(\d+)\]", errs[1], re.M)) if len(errs) > 1 else 0
     r["rps"] = ok / float(total.group(1))
     for pct, name in (("50", "p50_ms"), ("90", "p90_ms"), ("99", "p99_ms")):
-        m = re.search(rf"^\s+{pct}%+ in ([0-9.]+) secs", out, re.M)
+        m = re.search(rf"^\s+{pct}% in ([0-9.]+) secs", out, re.M)
         r[name] = float(m.group(1)) * 1000 if m else float("nan")
     m = re.search(r"^\s+Slowest:\s+([0-9.]+) secs", out, re.M)
     r["max_ms"] = float(m.group(1)) * 1000 if m else float("nan")

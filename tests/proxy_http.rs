@@ -369,7 +369,8 @@ fn thread_nices(pid: u32) -> Vec<(u32, String, i32)> {
 }
 
 /// `worker_priority` gives every proxy worker thread that nice value, and not chaind's main
-/// thread (nor the control plane's, which it starts). Raising a nice value takes no privilege, so the test asks for one above its own.
+/// thread (nor the control plane's, which it starts). Raising a nice value takes no privilege,
+/// so the test asks for one above its own.
 #[test]
 fn worker_priority_sets_the_workers_nice_value() {
     let own = chain_agent::procfs::stat(std::process::id() as i32)

@@ -19,8 +19,7 @@ use std::time::{Duration, Instant};
 /// always allowed; lowering it below the thread's current value needs CAP_SYS_NICE or a high
 /// enough RLIMIT_NICE, and fails with `PermissionDenied` otherwise.
 pub fn set_thread_nice(nice: i32) -> io::Result<()> {
-    // SAFETY: gettid has no arguments and cannot fail.
-    let tid = unsafe { libc::gettid() };
+    let tid = gettid();
     // SAFETY: setpriority takes plain integers. With PRIO_PROCESS and a thread id it changes
     // that thread only (Linux keeps the nice value per thread).
     let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) };
@@ -28,6 +27,12 @@ pub fn set_thread_nice(nice: i32) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// The calling thread's id.
+fn gettid() -> i32 {
+    // SAFETY: gettid has no arguments and cannot fail.
+    unsafe { libc::gettid() }
 }
 
 /// What [`set_session_nice`] did.
@@ -89,20 +94,15 @@ mod tests {
         crate::procfs::parse_stat(&text).unwrap().nice
     }
 
-    fn tid() -> i32 {
-        // SAFETY: gettid has no arguments and cannot fail.
-        unsafe { libc::gettid() }
-    }
-
     /// The nice value set by one thread is that thread's only.
     #[test]
     fn thread_nice_is_per_thread() {
-        let main = tid();
+        let main = gettid();
         let before = thread_nice(main);
         let target = (before + 3).min(19);
         let (set, seen) = std::thread::spawn(move || {
             set_thread_nice(target).unwrap();
-            (target, thread_nice(tid()))
+            (target, thread_nice(gettid()))
         })
         .join()
         .unwrap();
