@@ -17,7 +17,7 @@ use hyper::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 
 use super::listen::Active;
-use super::pool::{SendError, Sender};
+use super::pool::{Link, SendError};
 use super::table::{Client, InflightGuard, Route};
 use super::Shared;
 use crate::unit::BalancePolicy;
@@ -240,7 +240,8 @@ async fn send(
             timer.as_mut().reset(deadline(spec.timeout));
         }
         let sent = {
-            let send = super::pool::send(&up, out, spec.connect_timeout);
+            let mode = super::load::mode();
+            let send = super::pool::send(&up, out, spec.connect_timeout, mode);
             tokio::pin!(send);
             std::future::poll_fn(|cx| match send.as_mut().poll(cx) {
                 Poll::Ready(r) => Poll::Ready(Ok(r)),
@@ -253,17 +254,18 @@ async fn send(
                 up.record_failure(&spec);
                 return Err(StatusCode::GATEWAY_TIMEOUT);
             }
-            Ok(Ok((resp, sender))) => {
+            Ok(Ok((resp, link))) => {
                 up.record_success();
                 obs.upstream_status(resp.status());
                 active.upstream_timer().keep(timer);
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                     if let Some(client) = client_upgrade.take() {
+                        link.detach();
                         return Ok(super::upgrade::tunnel(resp, client, guard, empty_body()));
                     }
                 }
                 let id = up.id;
-                let mut resp = response(resp, guard, sender, active);
+                let mut resp = response(resp, guard, link, active);
                 if gzip {
                     resp = super::compress::maybe_gzip(resp);
                 }
@@ -489,7 +491,7 @@ fn security_headers(
 fn response(
     resp: Response<Incoming>,
     guard: InflightGuard,
-    sender: Sender,
+    link: Link,
     active: Active,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
@@ -497,7 +499,7 @@ fn response(
     let mut body = Guarded {
         inner: body,
         guard: Some(guard),
-        conn: Some(sender),
+        link: Some(link),
         _active: active,
     };
     // hyper does not poll a body that says it is empty (HEAD, 204, 304, Content-Length: 0).
@@ -509,21 +511,30 @@ fn response(
 }
 
 /// A response body that keeps the upstream's in-flight count until it is fully sent (or the
-/// client goes away), and then gives its connection back to the pool.
+/// client goes away), and then gives its connection back to the pool. When the request
+/// borrowed its connection (see `pool`), the body drives it while the client reads.
 struct Guarded {
     inner: Incoming,
     guard: Option<InflightGuard>,
     /// The upstream connection, released once the body has been read to its end; dropped
     /// (and so closed) when the body is not read to the end.
-    conn: Option<Sender>,
+    link: Option<Link>,
     /// Keeps the client connection from looking idle while the body streams.
     _active: Active,
 }
 
 impl Guarded {
     fn done(&mut self) {
-        if let (Some(guard), Some(sender)) = (self.guard.take(), self.conn.take()) {
-            super::pool::release(guard.upstream(), sender);
+        if let (Some(guard), Some(link)) = (self.guard.take(), self.link.take()) {
+            super::pool::release(guard.upstream(), link);
+        }
+    }
+
+    /// The next frame of the body, driving a borrowed connection for it.
+    fn next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.link.as_mut() {
+            Some(link) => link.poll_frame(&mut self.inner, cx),
+            None => Pin::new(&mut self.inner).poll_frame(cx),
         }
     }
 }
@@ -536,14 +547,14 @@ impl Body for Guarded {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let poll = Pin::new(&mut self.inner).poll_frame(cx);
+        let poll = self.next(cx);
         match &poll {
             Poll::Ready(None) => self.done(),
             // With a Content-Length, hyper stops polling once the body says it has ended.
             Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.done(),
             Poll::Ready(Some(Err(_))) => {
                 self.guard = None;
-                self.conn = None;
+                self.link = None;
             }
             _ => {}
         }

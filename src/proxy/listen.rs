@@ -281,6 +281,8 @@ fn worker_runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .event_interval(WORKER_EVENT_INTERVAL)
+        .on_thread_park(super::load::parked)
+        .on_thread_unpark(super::load::unparked)
         .build()
 }
 

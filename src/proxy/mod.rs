@@ -15,6 +15,7 @@ mod compress;
 mod forward;
 pub mod limit;
 pub mod listen;
+mod load;
 pub mod observe;
 mod pool;
 pub mod table;
