@@ -265,6 +265,11 @@ mod tests {
         );
     }
 
+    /// A reading of the host's counters, for `roll`.
+    fn host(total: u64, idle: u64) -> impl FnOnce() -> Option<CpuTimes> {
+        move || Some(CpuTimes { total, idle })
+    }
+
     #[test]
     fn a_thread_that_never_parks_is_saturated() {
         let start = Instant::now();
@@ -305,23 +310,13 @@ mod tests {
         t += Duration::from_millis(1);
         l.park(t, || None);
         t = start + HOST_WINDOW;
-        l.unpark(t, || {
-            Some(CpuTimes {
-                total: 400,
-                idle: 10,
-            })
-        });
+        l.unpark(t, host(400, 10));
         assert_eq!(l.host_idle, Some(0.025));
         assert_eq!(l.mode, Mode::Batch);
         // Another idle window, with the host half idle: back to interleaving.
         l.park(t + Duration::from_millis(1), || None);
         t += HOST_WINDOW;
-        l.unpark(t, || {
-            Some(CpuTimes {
-                total: 800,
-                idle: 210,
-            })
-        });
+        l.unpark(t, host(800, 210));
         assert_eq!(l.host_idle, Some(0.5));
         assert_eq!(l.mode, Mode::Interleave);
     }
