@@ -88,7 +88,8 @@ pub struct Link {
 struct Berth {
     slot: Mutex<Slot>,
     gate: Arc<Gate>,
-    /// `gate` as a waker: what the connection is always polled with.
+    /// `gate` as a waker: what a borrower polls the connection with (its task polls it with
+    /// the task's own waker).
     waker: Waker,
 }
 
