@@ -151,6 +151,14 @@ impl Wake for Gate {
     }
 }
 
+impl Slot {
+    fn wake_task(&self) {
+        if let Some(task) = &self.task {
+            task.wake_by_ref();
+        }
+    }
+}
+
 impl Berth {
     /// The connection task's poll: drives the connection unless it is lent out; done once the
     /// connection has ended.
@@ -206,9 +214,7 @@ impl Link {
         slot.conn = Some(conn);
         if poll_conn(&mut slot.conn, &mut Context::from_waker(&self.berth.waker)) {
             // Ended: the task finds the slot empty and ends too.
-            if let Some(task) = &slot.task {
-                task.wake_by_ref();
-            }
+            slot.wake_task();
         }
     }
 
@@ -252,9 +258,7 @@ impl Link {
         self.borrowed = None;
         let mut slot = lock(&self.berth.slot);
         slot.lent = false;
-        if let Some(task) = &slot.task {
-            task.wake_by_ref();
-        }
+        slot.wake_task();
     }
 
     fn ended(&self) -> bool {
