@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-use pebble::{free_ports, pebble_binary, Pebble};
+use pebble::{pebble_binary, Pebble};
 use rustls::pki_types::{CertificateDer, ServerName};
 use support::*;
 use tokio::net::TcpStream;

@@ -520,11 +520,7 @@ impl Registry {
             return None;
         };
         let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_ports(1)[0];
         let config = dir.path().join("config.yml");
         std::fs::write(
             &config,

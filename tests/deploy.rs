@@ -193,11 +193,7 @@ fn strategy_flag_overrides_the_file_once() {
         .collect();
     assert_eq!(strategies, ["rolling", "blue-green"]);
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_ports(1)[0];
     let fixed = TestDaemon::start_with(
         &[("db", &format!("port = {port}\n{}", demo_unit(1, "v1", "")))],
         &[],

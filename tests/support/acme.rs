@@ -4,7 +4,9 @@
 //! [`Pebble`] kills its process on drop (panics included).
 #![allow(dead_code)]
 
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+
+use crate::support::free_ports;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,16 +21,6 @@ pub fn pebble_binary() -> Option<PathBuf> {
         .chain([PathBuf::from("/usr/bin")])
         .map(|d| d.join("pebble"))
         .find(|p| p.is_file())
-}
-
-/// Reserves `n` distinct free TCP ports on 127.0.0.1 (bound together, then released).
-pub fn free_ports(n: usize) -> Vec<u16> {
-    let held: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
-        .collect();
-    held.iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect()
 }
 
 pub struct Pebble {

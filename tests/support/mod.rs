@@ -60,6 +60,42 @@ fn port_window() -> (u16, u16) {
     (start, start + 199)
 }
 
+/// Reserves `n` distinct free TCP ports on 127.0.0.1 for servers a test starts itself.
+///
+/// They come from 10000–19999: below the daemon windows of [`port_window`] and below the
+/// kernel's ephemeral range (32768+), so an outgoing connection elsewhere on the machine cannot
+/// take one as its source port between this check and the server's bind (CI saw exactly that
+/// with ports from `bind(":0")`).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let mut state = u64::from(std::process::id()) << 32
+        ^ u64::from(COUNTER.fetch_add(1, Ordering::Relaxed)) << 16
+        ^ u64::from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .subsec_nanos(),
+        )
+        | 1;
+    let mut held: Vec<std::net::TcpListener> = Vec::with_capacity(n);
+    for _ in 0..10_000 {
+        if held.len() == n {
+            break;
+        }
+        // xorshift64
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let port = 10_000 + (state % 10_000) as u16;
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            held.push(l);
+        }
+    }
+    assert_eq!(held.len(), n, "no {n} free ports in 10000-19999");
+    held.iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
 pub struct TestDaemon {
     pub dir: tempfile::TempDir,
     pub root: PathBuf,
