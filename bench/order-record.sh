@@ -2,8 +2,8 @@
 # BENCH_LOADGEN_WRAP helper: for the 5 s samples of a proxy benchmark (not the warm-ups, not the
 # backend-direct runs), records every system call the proxy's processes make for 2 s in the
 # middle of the sample (`perf record -e raw_syscalls:*`), with a snapshot of their TCP
-# connections (`ss -tnp`) to tell client sockets from upstream ones. One pair of files per
-# sample: $ORDER_DIR/<proxy port>-<ns>.{data,ss}. Read them with bench/order_of_work.py.
+# connections (`ss -tnp`) to tell client sockets from upstream ones. Three files per sample:
+# $ORDER_DIR/<proxy port>-<ns>.{data,ss,meta}. Read them with bench/order_of_work.py.
 # For keep-alive rows only: the snapshot maps file descriptors to connections once.
 dir="${ORDER_DIR:-/tmp/order}"
 backend="${BENCH_BACKEND_PORT:-18080}"

@@ -5,14 +5,14 @@
 #![allow(dead_code)]
 
 use std::net::{SocketAddr, TcpStream, UdpSocket};
-
-use crate::support::free_ports;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
+
+use crate::support::free_ports;
 
 /// Where pebble is, or None when it is not installed.
 pub fn pebble_binary() -> Option<PathBuf> {

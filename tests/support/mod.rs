@@ -48,15 +48,19 @@ pub fn eventually<T>(within: Duration, what: &str, mut f: impl FnMut() -> Option
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-/// A port window for one daemon, so parallel tests rarely meet in the same ports.
-fn port_window() -> (u16, u16) {
-    let seed = std::process::id().wrapping_mul(7919)
+/// A different number at each call, in each test process: for picking ports at random.
+fn seed() -> u32 {
+    std::process::id().wrapping_mul(7919)
         ^ COUNTER.fetch_add(1, Ordering::Relaxed).wrapping_mul(104729)
         ^ (std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
-            .subsec_nanos());
-    let start = 20000 + (seed % 49) as u16 * 200;
+            .subsec_nanos())
+}
+
+/// A port window for one daemon, so parallel tests rarely meet in the same ports.
+fn port_window() -> (u16, u16) {
+    let start = 20000 + (seed() % 49) as u16 * 200;
     (start, start + 199)
 }
 
@@ -67,15 +71,7 @@ fn port_window() -> (u16, u16) {
 /// take one as its source port between this check and the server's bind (CI saw exactly that
 /// with ports from `bind(":0")`).
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let mut state = u64::from(std::process::id()) << 32
-        ^ u64::from(COUNTER.fetch_add(1, Ordering::Relaxed)) << 16
-        ^ u64::from(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .subsec_nanos(),
-        )
-        | 1;
+    let mut state = u64::from(seed()) << 32 | 1;
     let mut held: Vec<std::net::TcpListener> = Vec::with_capacity(n);
     for _ in 0..10_000 {
         if held.len() == n {
