@@ -110,11 +110,12 @@ FULLHS_PACED_CLIENTS = int(os.environ.get("BENCH_FULLHS_CLIENTS", "8"))
 FULLHS_QPS = int(os.environ.get("BENCH_FULLHS_QPS", "192"))
 
 # Every wrk run loads this script: at the end it prints the tail of the latency distribution
-# that `--latency` leaves out (p90 is there, p99.9 and the maximum are not), in microseconds.
+# that `--latency` leaves out (p90 is there, p99.9 and the maximum are not) and the mean, in
+# microseconds.
 WRK_DONE_LUA = """
 function done(summary, latency, requests)
-  io.write(string.format("TAIL p90_us=%d p999_us=%d max_us=%d\\n",
-    latency:percentile(90.0), latency:percentile(99.9), latency.max))
+  io.write(string.format("TAIL p90_us=%d p999_us=%d max_us=%d mean_us=%d\\n",
+    latency:percentile(90.0), latency:percentile(99.9), latency.max, math.floor(latency.mean)))
 end
 """
 
@@ -316,8 +317,8 @@ def parse_wrk(out):
     for pct in ("50", "99"):
         m = re.search(rf"^\s+{pct}(?:\.000)?%\s+(\S+)", out, re.M)
         r[f"p{pct}_ms"] = _num_unit(m.group(1), LAT_MS) if m else float("nan")
-    m = re.search(r"^TAIL p90_us=(\d+) p999_us=(\d+) max_us=(\d+)", out, re.M)
-    for i, name in enumerate(("p90_ms", "p999_ms", "max_ms"), 1):
+    m = re.search(r"^TAIL p90_us=(\d+) p999_us=(\d+) max_us=(\d+) mean_us=(\d+)", out, re.M)
+    for i, name in enumerate(("p90_ms", "p999_ms", "max_ms", "mean_ms"), 1):
         r[name] = int(m.group(i)) / 1000 if m else float("nan")
     m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     r["errors"] = sum(int(x) for x in m.groups()) if m else 0
@@ -345,6 +346,8 @@ def parse_hey(out):
         r[name] = float(m.group(1)) * 1000 if m else float("nan")
     m = re.search(r"^\s+Slowest:\s+([0-9.]+) secs", out, re.M)
     r["max_ms"] = float(m.group(1)) * 1000 if m else float("nan")
+    m = re.search(r"^\s+Average:\s+([0-9.]+) secs", out, re.M)
+    r["mean_ms"] = float(m.group(1)) * 1000 if m else float("nan")
     r["p999_ms"] = float("nan")
     return r
 
@@ -365,7 +368,7 @@ def parse_h2load(out):
     r["proto"] = m.group(1) if m else "?"
     if r["proto"] != "h2":
         raise BenchError(f"h2load did not negotiate h2:\n{out}")
-    for name in ("p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms"):
+    for name in ("p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms", "mean_ms"):
         r[name] = float("nan")
     return r
 
@@ -897,7 +900,7 @@ http {{
             info("sample", row=row, workers=workers, proxy=proxy, attempt=attempt,
                  rps=f"{r['rps']:.0f}", p50_ms=sig(r["p50_ms"]), p90_ms=sig(r["p90_ms"]),
                  p99_ms=sig(r["p99_ms"]), p999_ms=sig(r["p999_ms"]), max_ms=sig(r["max_ms"]),
-                 requests=r["requests"], errors=r["errors"], non2xx=r["non2xx"],
+                 mean_ms=sig(r["mean_ms"]), requests=r["requests"], errors=r["errors"], non2xx=r["non2xx"],
                  cpu_us_per_req=sig(r["cpu_us_per_req"]),
                  vcsw_per_req=f"{(cs1[0] - cs0[0]) / max(1, r['requests']):.3f}",
                  ivcsw_per_req=f"{(cs1[1] - cs0[1]) / max(1, r['requests']):.3f}",
