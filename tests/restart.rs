@@ -145,3 +145,45 @@ delay = "0s"
         },
     );
 }
+
+/// An instance whose `auto` port was taken by another process while it was down does not
+/// crash-loop on it: the restart moves it to a free port, says so in its events, and it serves
+/// there.
+#[test]
+fn restart_moves_off_an_auto_port_taken_meanwhile() {
+    let unit = demo_unit(1, "v1", "[restart]\ndelay = \"1s\"\n");
+    let d = TestDaemon::start(&[("moved", &unit)]);
+    let first = d.wait_running("moved", 1).remove(0);
+    let (old_port, pid) = (first.port.expect("auto port"), first.pid.expect("pid"));
+    signal(pid, libc::SIGKILL);
+    // Someone else binds the port while the instance waits out its backoff.
+    let squatter = eventually(Duration::from_secs(10), "the old port free", || {
+        std::net::TcpListener::bind(("0.0.0.0", old_port)).ok()
+    });
+    let back = eventually(
+        Duration::from_secs(30),
+        "a ready instance on another port",
+        || {
+            d.instances("moved")
+                .into_iter()
+                .find(|i| i.ready && i.pid != Some(pid))
+        },
+    );
+    let new_port = back.port.expect("auto port");
+    assert_ne!(new_port, old_port);
+    assert_eq!(
+        back.restarts, 1,
+        "it came back at the first restart: {back:?}"
+    );
+    let (status, body) = http_get(new_port, "/").expect("GET on the new port");
+    assert_eq!((status, body.contains("v1")), (200, true), "{body}");
+    let events = d.events("moved");
+    assert!(
+        events
+            .iter()
+            .any(|e| e.message.contains(&format!("port {old_port}"))
+                && e.message.contains(&new_port.to_string())),
+        "no event names the move: {events:?}"
+    );
+    drop(squatter);
+}

@@ -51,12 +51,7 @@ impl PortPool {
     pub fn allocate(&mut self, spec: &PortSpec, index: u32) -> Result<Option<u16>, String> {
         match *spec {
             PortSpec::None => Ok(None),
-            PortSpec::Auto => {
-                let (start, end, cursor) = (self.start, self.end, self.cursor);
-                let port = self.scan(start, end, cursor)?;
-                self.cursor = if port >= end { start } else { port + 1 };
-                Ok(Some(port))
-            }
+            PortSpec::Auto => self.next_auto().map(Some),
             PortSpec::Range { start, end } => self.scan(start, end, start).map(Some),
             PortSpec::Fixed { base } => {
                 let port = u32::from(base) + index;
@@ -74,6 +69,31 @@ impl PortPool {
                 Ok(Some(port))
             }
         }
+    }
+
+    /// Checks an instance's port before it is spawned again. A port from the pool or a range
+    /// that another process took while the instance was down is swapped for a free one
+    /// (`Ok(Some(new))`), so the instance does not crash-loop on it and its readiness check
+    /// cannot be answered by the other process. A fixed port stays: the instance reports the
+    /// bind error itself.
+    pub fn recheck(&mut self, spec: &PortSpec, port: u16) -> Result<Option<u16>, String> {
+        if matches!(spec, PortSpec::None | PortSpec::Fixed { .. }) || bindable(port) {
+            return Ok(None);
+        }
+        // The old port stays marked used while scanning, so it cannot be picked again.
+        let new = match *spec {
+            PortSpec::Range { start, end } => self.scan(start, end, start)?,
+            _ => self.next_auto()?,
+        };
+        self.used.remove(&port);
+        Ok(Some(new))
+    }
+
+    fn next_auto(&mut self) -> Result<u16, String> {
+        let (start, end, cursor) = (self.start, self.end, self.cursor);
+        let port = self.scan(start, end, cursor)?;
+        self.cursor = if port >= end { start } else { port + 1 };
+        Ok(port)
     }
 
     fn scan(&mut self, start: u16, end: u16, from: u16) -> Result<u16, String> {
@@ -112,6 +132,41 @@ mod tests {
         pool.release(a);
         assert!(pool.allocate(&PortSpec::Auto, 2).is_ok());
         assert_eq!(pool.allocate(&PortSpec::None, 0).unwrap(), None);
+    }
+
+    /// A port taken by another process is swapped on recheck (auto and range), kept when fixed
+    /// or still free.
+    #[test]
+    fn recheck_moves_off_a_taken_port() {
+        let squat = TcpListener::bind("0.0.0.0:0").unwrap();
+        let taken = squat.local_addr().unwrap().port();
+        let mut pool = PortPool::new(taken, taken.saturating_add(50), 0);
+        pool.reserve(taken);
+        let moved = pool.recheck(&PortSpec::Auto, taken).unwrap().unwrap();
+        assert_ne!(moved, taken);
+        assert!(pool.used.contains(&moved) && !pool.used.contains(&taken));
+        // Still free: stays.
+        assert_eq!(pool.recheck(&PortSpec::Auto, moved).unwrap(), None);
+        let (start, end) = (taken, taken.saturating_add(50));
+        pool.reserve(taken);
+        let in_range = pool
+            .recheck(&PortSpec::Range { start, end }, taken)
+            .unwrap()
+            .unwrap();
+        assert!((start..=end).contains(&in_range) && in_range != taken && in_range != moved);
+        assert_eq!(
+            pool.recheck(&PortSpec::Fixed { base: taken }, taken)
+                .unwrap(),
+            None
+        );
+        // Nothing free in a one-port range: an error, the port kept.
+        pool.reserve(taken);
+        let one = PortSpec::Range {
+            start: taken,
+            end: taken,
+        };
+        assert!(pool.recheck(&one, taken).is_err());
+        assert!(pool.used.contains(&taken));
     }
 
     /// Fixed ports are base + index and refuse a port still held.

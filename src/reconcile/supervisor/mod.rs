@@ -1790,6 +1790,10 @@ impl Supervisor {
             self.spawn_container(unit, gen);
             return;
         }
+        self.recheck_port(unit, gen);
+        let Some(inst) = self.instance(unit, gen) else {
+            return;
+        };
         let spec = inst.spec.clone();
         let user = match resolve_user(&spec) {
             Ok(u) => u,
@@ -1871,6 +1875,37 @@ impl Supervisor {
                 );
             }
         }
+    }
+
+    /// Before a process instance is spawned again: if another process took its port from the
+    /// pool while it was down, it moves to a free port (PORT, readiness address, record).
+    fn recheck_port(&mut self, unit: &str, gen: u64) {
+        let Some(inst) = self.instance(unit, gen) else {
+            return;
+        };
+        let Some(old) = inst.port else { return };
+        let (index, spec) = (inst.index, inst.spec.port);
+        let moved = self.ports.recheck(&spec, old);
+        let message = match moved {
+            Ok(None) => return,
+            Ok(Some(new)) => {
+                let base = &self.base_env;
+                let Some(inst) = self
+                    .units
+                    .get_mut(unit)
+                    .and_then(|u| u.instances.iter_mut().find(|i| i.gen == gen))
+                else {
+                    return;
+                };
+                inst.env = instance_env(base, &inst.spec, index, Some(new));
+                inst.port = Some(new);
+                inst.addr = Some(health::localhost(new));
+                self.persist_instance(unit, gen);
+                format!("port {old} is taken by another process; the instance moves to port {new}")
+            }
+            Err(e) => format!("port {old} is taken by another process and none is free: {e}"),
+        };
+        self.emit(unit, Some(index), "port", message);
     }
 
     /// Bookkeeping once an instance's process or container runs: record it, report it, and
