@@ -5,6 +5,7 @@
 
 pub mod docker;
 
+use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -69,8 +70,12 @@ fn port_window() -> (u16, u16) {
 /// They come from 10000–19999: below the daemon windows of [`port_window`] and below the
 /// kernel's ephemeral range (32768+), so an outgoing connection elsewhere on the machine cannot
 /// take one as its source port between this check and the server's bind (CI saw exactly that
-/// with ports from `bind(":0")`).
+/// with ports from `bind(":0")`). A port is handed out once per test process: two tests
+/// running in parallel could otherwise both pick a port before either server binds it (an acme
+/// test once reached another test's pebble on its own pebble's management port).
 pub fn free_ports(n: usize) -> Vec<u16> {
+    static HANDED_OUT: std::sync::Mutex<BTreeSet<u16>> = std::sync::Mutex::new(BTreeSet::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
     let mut state = u64::from(seed()) << 32 | 1;
     let mut held: Vec<std::net::TcpListener> = Vec::with_capacity(n);
     for _ in 0..10_000 {
@@ -82,14 +87,20 @@ pub fn free_ports(n: usize) -> Vec<u16> {
         state ^= state >> 7;
         state ^= state << 17;
         let port = 10_000 + (state % 10_000) as u16;
+        if handed_out.contains(&port) {
+            continue;
+        }
         if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
             held.push(l);
         }
     }
     assert_eq!(held.len(), n, "no {n} free ports in 10000-19999");
-    held.iter()
+    let ports: Vec<u16> = held
+        .iter()
         .map(|l| l.local_addr().unwrap().port())
-        .collect()
+        .collect();
+    handed_out.extend(&ports);
+    ports
 }
 
 pub struct TestDaemon {
