@@ -187,3 +187,49 @@ fn restart_moves_off_an_auto_port_taken_meanwhile() {
     );
     drop(squatter);
 }
+
+/// A fixed port taken by another process while the instance was down cannot move: each spawn
+/// fails with the reason (no process is started that could only crash, and the other process
+/// never answers the instance's readiness check) until the port is free again.
+#[test]
+fn restart_waits_for_a_fixed_port_taken_meanwhile() {
+    let port = free_ports(1)[0];
+    let unit = demo_unit(
+        1,
+        "v1",
+        "[restart]\ndelay = \"200ms\"\nmax_restarts = 1000\n",
+    )
+    .replacen(
+        "instances = 1\n",
+        &format!("instances = 1\nport = {port}\n"),
+        1,
+    );
+    let d = TestDaemon::start(&[("pinned", &unit)]);
+    let first = d.wait_running("pinned", 1).remove(0);
+    assert_eq!(first.port, Some(port));
+    let pid = first.pid.expect("pid");
+    signal(pid, libc::SIGKILL);
+    let squatter = eventually(Duration::from_secs(10), "the port free", || {
+        std::net::TcpListener::bind(("0.0.0.0", port)).ok()
+    });
+    eventually(Duration::from_secs(30), "two refused spawns", || {
+        let refused = d
+            .events("pinned")
+            .iter()
+            .filter(|e| e.kind == "port" && e.message.contains(&format!("port {port} is in use")))
+            .count();
+        (refused >= 2).then_some(())
+    });
+    let now = d.instances("pinned").remove(0);
+    assert!(
+        !now.ready && now.pid.is_none(),
+        "nothing runs meanwhile: {now:?}"
+    );
+    drop(squatter);
+    let back = eventually(Duration::from_secs(30), "ready again on its port", || {
+        d.instances("pinned").into_iter().find(|i| i.ready)
+    });
+    assert_eq!(back.port, Some(port));
+    let (status, body) = http_get(port, "/").expect("GET");
+    assert_eq!((status, body.contains("v1")), (200, true), "{body}");
+}

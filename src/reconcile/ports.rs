@@ -71,20 +71,25 @@ impl PortPool {
         }
     }
 
-    /// Checks an instance's port before it is spawned again. A port from the pool or a range
-    /// that another process took while the instance was down is swapped for a free one
-    /// (`Ok(Some(new))`), so the instance does not crash-loop on it and its readiness check
-    /// cannot be answered by the other process. A fixed port stays: the instance reports the
-    /// bind error itself.
+    /// Checks an instance's port before it is spawned again, so that it does not crash-loop on
+    /// a port another process took while it was down, and that process cannot answer its
+    /// readiness check. A port from the pool or a range is swapped for a free one
+    /// (`Ok(Some(new))`); a fixed port cannot move, and is an error while it is taken.
     pub fn recheck(&mut self, spec: &PortSpec, port: u16) -> Result<Option<u16>, String> {
-        if matches!(spec, PortSpec::None | PortSpec::Fixed { .. }) || bindable(port) {
+        if matches!(spec, PortSpec::None) || bindable(port) {
             return Ok(None);
+        }
+        if matches!(spec, PortSpec::Fixed { .. }) {
+            return Err(format!(
+                "port {port} is in use by another process on this host"
+            ));
         }
         // The old port stays marked used while scanning, so it cannot be picked again.
         let new = match *spec {
-            PortSpec::Range { start, end } => self.scan(start, end, start)?,
-            _ => self.next_auto()?,
-        };
+            PortSpec::Range { start, end } => self.scan(start, end, start),
+            _ => self.next_auto(),
+        }
+        .map_err(|e| format!("port {port} is taken by another process; {e}"))?;
         self.used.remove(&port);
         Ok(Some(new))
     }
@@ -134,8 +139,8 @@ mod tests {
         assert_eq!(pool.allocate(&PortSpec::None, 0).unwrap(), None);
     }
 
-    /// A port taken by another process is swapped on recheck (auto and range), kept when fixed
-    /// or still free.
+    /// A port taken by another process is swapped on recheck (auto and range) and an error when
+    /// fixed; a free port stays.
     #[test]
     fn recheck_moves_off_a_taken_port() {
         let squat = TcpListener::bind("0.0.0.0:0").unwrap();
@@ -154,11 +159,11 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!((start..=end).contains(&in_range) && in_range != taken && in_range != moved);
-        assert_eq!(
-            pool.recheck(&PortSpec::Fixed { base: taken }, taken)
-                .unwrap(),
-            None
-        );
+        assert!(pool
+            .recheck(&PortSpec::Fixed { base: taken }, taken)
+            .is_err());
+        let fixed_free = PortSpec::Fixed { base: moved };
+        assert_eq!(pool.recheck(&fixed_free, moved).unwrap(), None);
         // Nothing free in a one-port range: an error, the port kept.
         pool.reserve(taken);
         let one = PortSpec::Range {

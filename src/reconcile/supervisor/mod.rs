@@ -1790,7 +1790,9 @@ impl Supervisor {
             self.spawn_container(unit, gen);
             return;
         }
-        self.recheck_port(unit, gen);
+        if !self.recheck_port(unit, gen) {
+            return;
+        }
         let Some(inst) = self.instance(unit, gen) else {
             return;
         };
@@ -1877,17 +1879,18 @@ impl Supervisor {
         }
     }
 
-    /// Before a process instance is spawned again: if another process took its port from the
-    /// pool while it was down, it moves to a free port (PORT, readiness address, record).
-    fn recheck_port(&mut self, unit: &str, gen: u64) {
+    /// Before a process instance is spawned (again): if another process took its port while it
+    /// was down, a pool or range port moves to a free one (PORT, readiness address, record); a
+    /// fixed port, or no free port left, fails this spawn as a crash would (backoff, then a
+    /// retry). False when the spawn must not go ahead.
+    fn recheck_port(&mut self, unit: &str, gen: u64) -> bool {
         let Some(inst) = self.instance(unit, gen) else {
-            return;
+            return false;
         };
-        let Some(old) = inst.port else { return };
+        let Some(old) = inst.port else { return true };
         let (index, spec) = (inst.index, inst.spec.port);
-        let moved = self.ports.recheck(&spec, old);
-        let message = match moved {
-            Ok(None) => return,
+        match self.ports.recheck(&spec, old) {
+            Ok(None) => true,
             Ok(Some(new)) => {
                 let base = &self.base_env;
                 let Some(inst) = self
@@ -1895,17 +1898,25 @@ impl Supervisor {
                     .get_mut(unit)
                     .and_then(|u| u.instances.iter_mut().find(|i| i.gen == gen))
                 else {
-                    return;
+                    return false;
                 };
                 inst.env = instance_env(base, &inst.spec, index, Some(new));
                 inst.port = Some(new);
                 inst.addr = Some(health::localhost(new));
                 self.persist_instance(unit, gen);
-                format!("port {old} is taken by another process; the instance moves to port {new}")
+                let message = format!(
+                    "port {old} is taken by another process; the instance moves to port {new}"
+                );
+                self.emit(unit, Some(index), "port", message);
+                true
             }
-            Err(e) => format!("port {old} is taken by another process and none is free: {e}"),
-        };
-        self.emit(unit, Some(index), "port", message);
+            Err(error) => {
+                self.emit(unit, Some(index), "port", error.clone());
+                let permanent = false;
+                self.instance_event(unit, gen, Event::SpawnFailed { error, permanent });
+                false
+            }
+        }
     }
 
     /// Bookkeeping once an instance's process or container runs: record it, report it, and
