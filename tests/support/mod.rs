@@ -71,8 +71,9 @@ fn port_window() -> (u16, u16) {
 /// kernel's ephemeral range (32768+), so an outgoing connection elsewhere on the machine cannot
 /// take one as its source port between this check and the server's bind (CI saw exactly that
 /// with ports from `bind(":0")`). A port is handed out once per test process: two tests
-/// running in parallel could otherwise both pick a port before either server binds it (an acme
-/// test once reached another test's pebble on its own pebble's management port).
+/// running in parallel could otherwise both pick a port before either server binds it (the
+/// likely cause of an acme test that once failed to read pebble's root from the management
+/// port it had just seen accept connections).
 pub fn free_ports(n: usize) -> Vec<u16> {
     static HANDED_OUT: std::sync::Mutex<BTreeSet<u16>> = std::sync::Mutex::new(BTreeSet::new());
     let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
