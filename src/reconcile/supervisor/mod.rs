@@ -1888,19 +1888,15 @@ impl Supervisor {
             return false;
         };
         let Some(old) = inst.port else { return true };
-        let (index, spec) = (inst.index, inst.spec.port);
-        match self.ports.recheck(&spec, old) {
+        let (index, spec) = (inst.index, inst.spec.clone());
+        match self.ports.recheck(&spec.port, old) {
             Ok(None) => true,
             Ok(Some(new)) => {
-                let base = &self.base_env;
-                let Some(inst) = self
-                    .units
-                    .get_mut(unit)
-                    .and_then(|u| u.instances.iter_mut().find(|i| i.gen == gen))
-                else {
+                let env = instance_env(&self.base_env, &spec, index, Some(new));
+                let Some(inst) = self.instance_mut(unit, gen) else {
                     return false;
                 };
-                inst.env = instance_env(base, &inst.spec, index, Some(new));
+                inst.env = env;
                 inst.port = Some(new);
                 inst.addr = Some(health::localhost(new));
                 self.persist_instance(unit, gen);
